@@ -1,0 +1,28 @@
+"""seeyou-ml: multilingual image-text alignment on the Hugging Face stack.
+
+Importing the package registers [`SeeYouConfig`], [`SeeYouModel`] and [`SeeYouProcessor`] with `AutoConfig`,
+`AutoModel` and `AutoProcessor` under the model type `"seeyou"`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .configuration import SeeYouConfig
+from .losses import ContrastiveLoss, contrastive_loss
+from .modeling import SeeYouModel, SeeYouOutput, SeeYouPreTrainedModel
+from .processing import SeeYouProcessor
+
+__version__ = "0.1.0"
+
+AutoConfig.register(SeeYouConfig.model_type, SeeYouConfig, exist_ok=True)
+AutoModel.register(SeeYouConfig, SeeYouModel, exist_ok=True)
+AutoProcessor.register(SeeYouConfig, SeeYouProcessor, exist_ok=True)
+
+__all__ = [
+    "ContrastiveLoss",
+    "SeeYouConfig",
+    "SeeYouModel",
+    "SeeYouOutput",
+    "SeeYouPreTrainedModel",
+    "SeeYouProcessor",
+    "contrastive_loss",
+]

@@ -1,0 +1,111 @@
+"""Configuration of the SeeYou dual encoder."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+TEXT_POOLINGS = ("cls", "mean", "pooler")
+PROJECTIONS = ("linear", "mlp")
+# `XLMRobertaConfig()` carries BERT's defaults; these are the values of the `xlm-roberta-base` checkpoint.
+XLM_ROBERTA_BASE_OVERRIDES = {
+    "vocab_size": 250002,
+    "max_position_embeddings": 514,
+    "type_vocab_size": 1,
+    "layer_norm_eps": 1e-5,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+}
+
+
+@strict
+class SeeYouConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SeeYouModel`]: a vision tower and a multilingual text tower, each an arbitrary Hugging Face
+    encoder, projected into one space and compared with a learnable temperature (CLIP, Radford et al. 2021).
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the vision tower, of any model type `AutoModel` can build (`resnet`, `vit`, ...).
+            Defaults to `ResNetConfig()`, i.e. ResNet-50.
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the text tower, of any encoder model type (`xlm-roberta`, `bert`, ...). Defaults to an
+            XLM-R base configuration.
+        projection_dim (`int`, *optional*, defaults to 512):
+            Size of the shared embedding space.
+        projection (`str`, *optional*, defaults to `"linear"`):
+            `"linear"` (one bias-free matrix per tower, as CLIP) or `"mlp"` (Linear-GELU-Linear).
+        text_pooling (`str`, *optional*, defaults to `"mean"`):
+            How a caption becomes one vector: `"cls"` (first token), `"mean"` (mask-aware mean of the tokens) or
+            `"pooler"` (the tower's own pooler output, as `VisionTextDualEncoderModel` uses).
+        logit_scale_init_value (`float`, *optional*, defaults to `ln(1/0.07) = 2.6592`):
+            Initial value of the learnable log-temperature.
+        max_logit_scale (`float`, *optional*, defaults to 100):
+            The temperature's inverse is clamped to this value when used, so logits stay bounded.
+        grounding_config (`dict`, *optional*):
+            Settings of the phrase-grounding cross-attention head; `None` builds no head.
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig, XLMRobertaConfig
+    >>> from seeyou_ml import SeeYouConfig, SeeYouModel
+
+    >>> config = SeeYouConfig(
+    ...     vision_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]),
+    ...     text_config=XLMRobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+    ...                                  num_attention_heads=2, intermediate_size=37),
+    ...     projection_dim=16,
+    ... )
+    >>> model = SeeYouModel(config)
+    >>> round(model.logit_scale.exp().item(), 4)
+    14.2857
+    ```
+    """
+
+    model_type = "seeyou"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet"),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="xlm-roberta", init_kwargs=XLM_ROBERTA_BASE_OVERRIDES
+        ),
+    }
+
+    vision_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    projection_dim: int = 512
+    projection: Literal["linear", "mlp"] = "linear"
+    text_pooling: Literal["cls", "mean", "pooler"] = "mean"
+    logit_scale_init_value: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0
+    grounding_config: dict | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling={self.text_pooling!r} is not one of {TEXT_POOLINGS}.")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection={self.projection!r} is not one of {PROJECTIONS}.")
+        if self.projection_dim <= 0:
+            raise ValueError(f"projection_dim must be positive, got {self.projection_dim}.")
+        if self.max_logit_scale < math.exp(self.logit_scale_init_value):
+            raise ValueError(
+                f"max_logit_scale={self.max_logit_scale} is below the initial scale "
+                f"exp({self.logit_scale_init_value:.4f}); raise max_logit_scale or lower logit_scale_init_value."
+            )
+
+    @classmethod
+    def from_vision_text_configs(
+        cls, vision_config: PreTrainedConfig, text_config: PreTrainedConfig, **kwargs
+    ) -> "SeeYouConfig":
+        """Builds a config from the two tower configs; `kwargs` set the remaining fields."""
+        return cls(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **kwargs)
+
+
+__all__ = ["SeeYouConfig"]

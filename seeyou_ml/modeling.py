@@ -1,0 +1,273 @@
+"""The SeeYou dual encoder: any HF vision backbone and text encoder projected into one space (CLIP-style).
+
+References: CLIP (Radford et al. 2021) for the symmetric InfoNCE objective and the learnable temperature;
+transformers' `VisionTextDualEncoderModel` for composing two pretrained towers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration import SeeYouConfig
+from .losses import contrastive_loss
+from .towers import build_tower, encode_image, encode_text, load_tower, vision_width
+
+
+@dataclass
+class SeeYouOutput(ModelOutput):
+    """Output of [`SeeYouModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
+            Symmetric contrastive loss.
+        logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
+            Scaled cosine similarities between every image and every caption.
+        logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
+            The transpose of `logits_per_image`.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            Projected, L2-normalised image embeddings.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            Projected, L2-normalised caption embeddings.
+        vision_model_output (`ModelOutput`):
+            The vision tower's output; `last_hidden_state` is the (B, C, H, W) feature map of a ResNet or the
+            (B, N, C) tokens of a ViT.
+        text_model_output (`ModelOutput`):
+            The text tower's output; `last_hidden_state` is (B, T, H).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    vision_model_output: Any = None
+    text_model_output: Any = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
+
+
+def build_projection(in_features: int, config: SeeYouConfig) -> nn.Module:
+    """A tower's projection into the shared space: one bias-free matrix, or Linear-GELU-Linear."""
+    if config.projection == "linear":
+        return nn.Linear(in_features, config.projection_dim, bias=False)
+    return nn.Sequential(
+        nn.Linear(in_features, in_features),
+        nn.GELU(),
+        nn.Linear(in_features, config.projection_dim, bias=False),
+    )
+
+
+def image_ids_to_tensor(image_id: list[str], device: torch.device) -> torch.Tensor:
+    """Stable 63-bit integer ids for image id strings, equal in every process (Python's `hash` is salted)."""
+    ids = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1 for i in image_id]
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+class SeeYouPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading for SeeYou models."""
+
+    config: SeeYouConfig
+    config_class = SeeYouConfig
+    base_model_prefix = "seeyou"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SeeYouModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class SeeYouModel(SeeYouPreTrainedModel):
+    """A CLIP-style dual encoder over any Hugging Face vision backbone and text encoder.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from seeyou_ml.presets import tiny_config
+    >>> from seeyou_ml import SeeYouModel
+
+    >>> model = SeeYouModel(tiny_config(vocab_size=100, projection_dim=16)).eval()
+    >>> out = model(input_ids=torch.tensor([[0, 5, 6, 2]]), pixel_values=torch.rand(1, 3, 32, 32), return_loss=True)
+    >>> out.logits_per_image.shape, out.image_embeds.norm(dim=-1)
+    (torch.Size([1, 1]), tensor([1.0000]))
+    ```
+    """
+
+    def __init__(
+        self,
+        config: SeeYouConfig,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        with_text_pooler = config.text_pooling == "pooler"
+        self.vision_model = vision_model if vision_model is not None else build_tower(config.vision_config)
+        self.text_model = (
+            text_model if text_model is not None else build_tower(config.text_config, with_pooler=with_text_pooler)
+        )
+        # The towers read the composite config's sub-configs, so edits to one are seen by the other.
+        self.vision_model.config = config.vision_config
+        self.text_model.config = config.text_config
+
+        self.visual_projection = build_projection(vision_width(config.vision_config), config)
+        self.text_projection = build_projection(config.text_config.hidden_size, config)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # Read by `_set_gradient_checkpointing`; the ResNet tower, which has no checkpointing of its own, is
+        # checkpointed stage by stage when it is set.
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def scale(self) -> torch.Tensor:
+        """The inverse temperature `exp(logit_scale)`, clamped to `config.max_logit_scale`."""
+        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    def _vision_checkpoint_fn(self):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func
+        return None
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Embeds images.
+
+        Args:
+            pixel_values: (B, 3, H, W) images from the processor.
+
+        Returns:
+            `BaseModelOutputWithPooling` whose `pooler_output` holds the projected, L2-normalised (B, D) embeddings
+            and `last_hidden_state` the tower's feature map.
+        """
+        pooled, outputs = encode_image(self.vision_model, pixel_values, self._vision_checkpoint_fn())
+        embeds = F.normalize(self.visual_projection(pooled), dim=-1)  # (B, D)
+        return BaseModelOutputWithPooling(last_hidden_state=outputs.last_hidden_state, pooler_output=embeds)
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Embeds captions.
+
+        Args:
+            input_ids: (B, T) token ids.
+            attention_mask: (B, T), 1 for tokens and 0 for padding.
+
+        Returns:
+            `BaseModelOutputWithPooling` whose `pooler_output` holds the projected, L2-normalised (B, D) embeddings
+            and `last_hidden_state` the (B, T, H) token states.
+        """
+        pooled, outputs = encode_text(self.text_model, input_ids, attention_mask, self.config.text_pooling)
+        embeds = F.normalize(self.text_projection(pooled), dim=-1)  # (B, D)
+        return BaseModelOutputWithPooling(last_hidden_state=outputs.last_hidden_state, pooler_output=embeds)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        return_loss: bool = False,
+        lang: list[str] | None = None,
+        image_id: list[str] | None = None,
+    ) -> SeeYouOutput:
+        """Embeds a batch of images and captions and scores every pair.
+
+        Args:
+            input_ids: (B, T) caption token ids.
+            attention_mask: (B, T) caption mask.
+            pixel_values: (B, 3, H, W) images; row i pairs with caption i.
+            return_loss: also compute the symmetric contrastive loss (across processes when a process group runs).
+            lang: ISO 639-1 language of each caption, as the collator carries it; checked for length here and
+                routed to per-language adapters where the text tower has them.
+            image_id: id of each pair's image, as the collator carries it. With `return_loss`, pairs that share an
+                image are not treated as negatives of each other.
+
+        Returns:
+            [`SeeYouOutput`].
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError(
+                "SeeYouModel.forward needs both `input_ids` and `pixel_values`; to embed one modality use "
+                "get_text_features or get_image_features."
+            )
+        for name, values in (("lang", lang), ("image_id", image_id)):
+            if values is not None and len(values) != input_ids.shape[0]:
+                raise ValueError(f"`{name}` has {len(values)} entries for a batch of {input_ids.shape[0]} captions.")
+
+        vision = self.get_image_features(pixel_values)
+        text = self.get_text_features(input_ids, attention_mask)
+        image_embeds, text_embeds = vision.pooler_output, text.pooler_output
+        scale = self.scale()
+        logits_per_text = scale * text_embeds @ image_embeds.T  # (B_text, B_image)
+
+        loss = None
+        if return_loss:
+            if image_embeds.shape[0] != text_embeds.shape[0]:
+                raise ValueError(
+                    f"return_loss needs one caption per image, got {image_embeds.shape[0]} images and "
+                    f"{text_embeds.shape[0]} captions."
+                )
+            ids = image_ids_to_tensor(image_id, image_embeds.device) if image_id is not None else None
+            loss = contrastive_loss(image_embeds, text_embeds, scale, ids)
+
+        return SeeYouOutput(
+            loss=loss,
+            logits_per_image=logits_per_text.T,
+            logits_per_text=logits_per_text,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            vision_model_output=vision,
+            text_model_output=text,
+        )
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        **kwargs,
+    ) -> "SeeYouModel":
+        """Builds a model from two pretrained towers, with new projections (as `VisionTextDualEncoderModel`).
+
+        Args:
+            vision_model_name_or_path: Hub id or local directory of a vision backbone (e.g. `microsoft/resnet-50`).
+            text_model_name_or_path: Hub id or local directory of a text encoder (e.g. `xlm-roberta-base`).
+            **kwargs: `vision_*` keywords go to the vision tower's `from_pretrained` (`vision_model=` passes a built
+                tower), `text_*` keywords to the text tower's; the rest set [`SeeYouConfig`] fields.
+
+        Example:
+
+        ```python
+        >>> model = SeeYouModel.from_vision_text_pretrained("microsoft/resnet-50", "xlm-roberta-base")  # doctest: +SKIP
+        ```
+        """
+        vision_kwargs = {k[len("vision_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("vision_")}
+        text_kwargs = {k[len("text_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("text_")}
+        text_pooling = kwargs.get("text_pooling", SeeYouConfig.text_pooling)
+
+        vision_model = vision_kwargs.pop("model", None)
+        if vision_model is None:
+            if vision_model_name_or_path is None:
+                raise ValueError("Give `vision_model_name_or_path` or a built tower as `vision_model=`.")
+            vision_model = load_tower(vision_model_name_or_path, **vision_kwargs)
+        text_model = text_kwargs.pop("model", None)
+        if text_model is None:
+            if text_model_name_or_path is None:
+                raise ValueError("Give `text_model_name_or_path` or a built tower as `text_model=`.")
+            text_model = load_tower(text_model_name_or_path, with_pooler=text_pooling == "pooler", **text_kwargs)
+
+        config = SeeYouConfig.from_vision_text_configs(vision_model.config, text_model.config, **kwargs)
+        return cls(config, vision_model=vision_model, text_model=text_model)
+
+
+__all__ = ["SeeYouModel", "SeeYouOutput", "SeeYouPreTrainedModel"]

@@ -1,0 +1,161 @@
+"""Wrapping any Hugging Face vision backbone and text encoder as the two towers of a dual encoder.
+
+A tower is the plain `AutoModel` of its config, so pretrained checkpoints load into it unchanged. This module owns
+what differs between backbones: how a tower is built, how wide its output is, how its output becomes one vector
+(text poolers are picked from a small registry, as OpenCLIP's `hf_model.py` does) and how a ResNet, which has no
+gradient checkpointing of its own, is checkpointed stage by stage.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
+
+TextPooler = Callable[[object, torch.Tensor], torch.Tensor]
+TEXT_POOLERS: dict[str, TextPooler] = {}
+
+
+def register_text_pooler(name: str) -> Callable[[TextPooler], TextPooler]:
+    """Registers `fn(text_outputs, attention_mask) -> (B, H)` as the text pooling called `name`."""
+
+    def decorator(fn: TextPooler) -> TextPooler:
+        TEXT_POOLERS[name] = fn
+        return fn
+
+    return decorator
+
+
+@register_text_pooler("cls")
+def cls_pool(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The first token's hidden state (`<s>` for XLM-R, `[CLS]` for BERT)."""
+    return outputs.last_hidden_state[:, 0]  # (B, H)
+
+
+@register_text_pooler("mean")
+def mean_pool(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states of the non-padding tokens."""
+    mask = attention_mask.unsqueeze(-1).to(outputs.last_hidden_state.dtype)  # (B, T, 1)
+    summed = (outputs.last_hidden_state * mask).sum(dim=1)  # (B, H)
+    return summed / mask.sum(dim=1).clamp(min=1.0)
+
+
+@register_text_pooler("pooler")
+def pooler_pool(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The tower's own pooler output (BERT's tanh layer over `[CLS]`), as `VisionTextDualEncoderModel` uses."""
+    if outputs.pooler_output is None:
+        raise ValueError("text_pooling='pooler' needs a text tower with a pooling layer; use 'cls' or 'mean'.")
+    return outputs.pooler_output
+
+
+def build_tower(config: PreTrainedConfig, with_pooler: bool = True) -> PreTrainedModel:
+    """Builds the bare `AutoModel` of `config` with random weights.
+
+    Args:
+        config: any encoder config `AutoModel` knows.
+        with_pooler: when False and the model class has an `add_pooling_layer` switch (BERT, XLM-R, ViT), the
+            pooling layer is left out, so no parameter goes unused (DDP requires every parameter to get a grad).
+    """
+    kwargs = {}
+    model_class = _auto_model_class(config)
+    if not with_pooler and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return model_class._from_config(config, **kwargs)
+
+
+def load_tower(name_or_path: str, with_pooler: bool = True, **kwargs) -> PreTrainedModel:
+    """Loads a pretrained tower (`AutoModel.from_pretrained`), leaving out an unused pooler as `build_tower` does."""
+    config = kwargs.pop("config", None)
+    if config is None:
+        config = _tower_config(name_or_path)
+    model_class = _auto_model_class(config)
+    if not with_pooler and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return model_class.from_pretrained(name_or_path, config=config, **kwargs)
+
+
+def _tower_config(name_or_path: str) -> PreTrainedConfig:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    # CLIP checkpoints hold both towers; the vision one is what a vision tower wants.
+    return getattr(config, "vision_config", config) if config.model_type == "clip" else config
+
+
+def _auto_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError:
+        raise ValueError(
+            f"AutoModel has no model for config type {type(config).__name__} (model_type={config.model_type!r}); "
+            "use a vision backbone or text encoder that `transformers.AutoModel` can build."
+        ) from None
+
+
+def vision_width(config: PreTrainedConfig) -> int:
+    """Channels of a vision tower's pooled output: the last stage of a CNN, the hidden size of a ViT."""
+    if getattr(config, "hidden_sizes", None):
+        return config.hidden_sizes[-1]
+    return config.hidden_size
+
+
+def is_resnet(model: nn.Module) -> bool:
+    """Whether `model` is transformers' `ResNetModel` (stem, stages, average pool)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == "resnet"
+
+
+def encode_image(
+    vision_model: PreTrainedModel,
+    pixel_values: torch.Tensor,
+    checkpoint_fn: Callable | None = None,
+) -> tuple[torch.Tensor, object]:
+    """Runs the vision tower; returns its pooled vector and its full output.
+
+    Args:
+        vision_model: a ResNet (its `last_hidden_state` is the (B, C, H, W) feature map) or a ViT-style backbone
+            (`last_hidden_state` holds (B, N, C) tokens).
+        pixel_values: (B, 3, H, W) images.
+        checkpoint_fn: when given, a ResNet runs each stage under it (re-computing activations in the backward pass).
+
+    Returns:
+        `(pooled, outputs)`: pooled (B, C) and the tower's `ModelOutput`, whose `last_hidden_state` the grounding head
+        reads.
+    """
+    if is_resnet(vision_model):
+        outputs = _resnet_forward(vision_model, pixel_values, checkpoint_fn)
+        return outputs.pooler_output.flatten(1), outputs  # (B, C, 1, 1) -> (B, C)
+    outputs = vision_model(pixel_values=pixel_values, return_dict=True)
+    if getattr(outputs, "pooler_output", None) is not None:
+        pooled = outputs.pooler_output
+        return (pooled.flatten(1) if pooled.dim() == 4 else pooled), outputs
+    return outputs.last_hidden_state[:, 0], outputs  # first token, (B, C)
+
+
+def _resnet_forward(
+    model: PreTrainedModel, pixel_values: torch.Tensor, checkpoint_fn: Callable | None
+) -> BaseModelOutputWithPoolingAndNoAttention:
+    """`ResNetModel.forward`, with each stage optionally checkpointed (HF's ResNet has no checkpointing)."""
+    hidden = model.embedder(pixel_values)  # (B, C0, H/4, W/4)
+    for stage in model.encoder.stages:
+        hidden = checkpoint_fn(stage, hidden) if checkpoint_fn is not None else stage(hidden)
+    pooled = model.pooler(hidden)  # (B, C, 1, 1)
+    return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=hidden, pooler_output=pooled)
+
+
+def encode_text(
+    text_model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pooling: str,
+) -> tuple[torch.Tensor, object]:
+    """Runs the text tower; returns the pooled (B, H) caption vector and the tower's output."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    outputs = text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+    return TEXT_POOLERS[pooling](outputs, attention_mask), outputs
