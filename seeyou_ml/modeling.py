@@ -6,6 +6,7 @@ transformers' `VisionTextDualEncoderModel` for composing two pretrained towers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -242,8 +243,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
         Args:
             vision_model_name_or_path: Hub id or local directory of a vision backbone (e.g. `microsoft/resnet-50`).
             text_model_name_or_path: Hub id or local directory of a text encoder (e.g. `xlm-roberta-base`).
-            **kwargs: `vision_*` keywords go to the vision tower's `from_pretrained` (`vision_model=` passes a built
-                tower), `text_*` keywords to the text tower's; the rest set [`SeeYouConfig`] fields.
+            **kwargs: [`SeeYouConfig`] fields (`projection_dim`, `text_pooling`, ...) set the composite config; other
+                `vision_*` keywords go to the vision tower's `from_pretrained` (`vision_model=` passes a built tower)
+                and other `text_*` keywords to the text tower's.
 
         Example:
 
@@ -251,8 +253,11 @@ class SeeYouModel(SeeYouPreTrainedModel):
         >>> model = SeeYouModel.from_vision_text_pretrained("microsoft/resnet-50", "xlm-roberta-base")  # doctest: +SKIP
         ```
         """
-        vision_kwargs = {k[len("vision_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("vision_")}
-        text_kwargs = {k[len("text_"):]: kwargs.pop(k) for k in list(kwargs) if k.startswith("text_")}
+        # `text_pooling` and the like are fields of the composite config, not keywords of a tower.
+        own_fields = {field.name for field in dataclasses.fields(SeeYouConfig)}
+        routed = [k for k in kwargs if k not in own_fields]
+        vision_kwargs = {k[len("vision_"):]: kwargs.pop(k) for k in routed if k.startswith("vision_")}
+        text_kwargs = {k[len("text_"):]: kwargs.pop(k) for k in routed if k.startswith("text_")}
         text_pooling = kwargs.get("text_pooling", SeeYouConfig.text_pooling)
 
         vision_model = vision_kwargs.pop("model", None)

@@ -68,22 +68,22 @@ def build_tower(config: PreTrainedConfig, with_pooler: bool = True) -> PreTraine
 
 
 def load_tower(name_or_path: str, with_pooler: bool = True, **kwargs) -> PreTrainedModel:
-    """Loads a pretrained tower (`AutoModel.from_pretrained`), leaving out an unused pooler as `build_tower` does."""
+    """Loads a pretrained tower (`AutoModel.from_pretrained`), leaving out an unused pooler as `build_tower` does.
+
+    Keywords that name config attributes (e.g. `hidden_dropout_prob`) update the tower's config; the rest go to
+    `from_pretrained`. A CLIP checkpoint gives its vision tower.
+    """
+    from transformers import AutoConfig
+
     config = kwargs.pop("config", None)
     if config is None:
-        config = _tower_config(name_or_path)
+        config, kwargs = AutoConfig.from_pretrained(name_or_path, return_unused_kwargs=True, **kwargs)
+        if config.model_type == "clip":
+            config = config.vision_config
     model_class = _auto_model_class(config)
     if not with_pooler and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         kwargs["add_pooling_layer"] = False
     return model_class.from_pretrained(name_or_path, config=config, **kwargs)
-
-
-def _tower_config(name_or_path: str) -> PreTrainedConfig:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(name_or_path)
-    # CLIP checkpoints hold both towers; the vision one is what a vision tower wants.
-    return getattr(config, "vision_config", config) if config.model_type == "clip" else config
 
 
 def _auto_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:

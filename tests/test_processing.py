@@ -1,0 +1,45 @@
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+
+from seeyou_ml import SeeYouProcessor
+from seeyou_ml.presets import tiny_processor
+
+
+def images(n=2, size=40):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_processor_output_feeds_the_model(tiny_tokenizer, tiny_model):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    batch = processor(text=["a red circle", "ein roter Kreis on the left"], images=images(), return_tensors="pt")
+    assert set(batch.keys()) == {"input_ids", "attention_mask", "pixel_values"}
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # padded to the longest
+    out = tiny_model(**batch, return_loss=True)
+    assert out.logits_per_image.shape == (2, 2) and torch.isfinite(out.loss)
+
+
+def test_processor_single_modality_and_truncation(tiny_tokenizer):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    assert set(processor(text="a red circle").keys()) == {"input_ids", "attention_mask"}
+    assert set(processor(images=images(1)).keys()) == {"pixel_values"}
+    long = processor(text=["a " * 100], max_length=10)
+    assert long["input_ids"].shape == (1, 10) and long["input_ids"][0, -1].item() == tiny_tokenizer.eos_token_id
+
+
+def test_save_load_round_trip_through_auto_processor(tiny_tokenizer, tiny_model, tmp_path):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    tiny_model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is SeeYouProcessor
+    inputs = dict(text=["a blue star above the square"], images=images(1))
+    expected, actual = processor(**inputs), loaded(**inputs)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
+    assert not any(p.suffix in {".bin", ".pt", ".pkl", ".pickle"} for p in tmp_path.iterdir())
