@@ -1,0 +1,280 @@
+"""Batch samplers for contrastive training: no image twice in a batch, optionally one language per batch.
+
+Two captions of one image in an InfoNCE batch are false negatives: each is pushed away from the image it
+describes. `UniqueImageBatchSampler` plans every epoch so that a batch holds at most one caption per image, and,
+with `group_by_language=True`, captions of a single language (what per-language adapters train on).
+
+The plan reads only the `image_id` and `lang` columns, once, and is vectorised with numpy: captions are shuffled
+and the `k` captions of each image are spread evenly over the epoch (at times `(r + phase) / k` with a random
+phase per image), so two captions of one image rarely fall into one batch. The stream is then cut into batches; a
+colliding caption waits for the next batch. Captions that still cannot be placed without repeating an image (only
+images with more captions than the epoch has batches) are left out of this epoch; `captions_per_epoch` and
+`coverage()` report what an epoch covers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["UniqueImageBatchSampler", "read_columns"]
+
+
+def read_columns(dataset: Any, columns: Sequence[str]) -> dict[str, list]:
+    """Reads whole metadata columns of a corpus without decoding its images.
+
+    Args:
+        dataset (`datasets.Dataset`, mapping of column lists, or `pandas.DataFrame`): A map-style corpus.
+        columns (`Sequence[str]`): Column names to read.
+
+    Returns:
+        `dict[str, list]`: One Python list per column, in dataset order (indices mappings such as `shuffle` or
+        `select` are honoured).
+    """
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):
+        raise TypeError(
+            "a streaming IterableDataset has no random access; load the corpus with streaming=False to build "
+            "batches by image and language."
+        )
+    available = list(dataset.column_names) if hasattr(dataset, "column_names") else list(dataset.keys())
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise KeyError(
+            f"columns {missing} are missing from the dataset (it has {available}); map them into the common schema "
+            "first, e.g. load_corpus(..., column_mapping=...) or dataset.rename_column(...)."
+        )
+    if isinstance(dataset, datasets.Dataset):
+        # select_columns + python format skips the image column and any decoding transform.
+        return dataset.select_columns(list(columns)).with_format(None)[:]
+    return {c: list(dataset[c]) for c in columns}
+
+
+def _factorize(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of `values` (n,) and the sorted unique values they index."""
+    uniques, codes = np.unique(np.asarray([str(v) for v in values]), return_inverse=True)
+    return codes.reshape(-1), uniques
+
+
+class UniqueImageBatchSampler(Sampler[list[int]]):
+    """Yields batches of dataset indices in which no image appears twice.
+
+    Deterministic given `seed` and the epoch set with `set_epoch`, so every process of a distributed run plans the
+    same batches. Use it as the DataLoader's `batch_sampler`; Accelerate shards batch samplers across processes
+    (process `k` of `n` takes batches `k, k + n, ...`, so each global step sees `n` disjoint batches):
+
+    ```python
+    sampler = UniqueImageBatchSampler.from_dataset(train, batch_size=256, group_by_language=True, seed=0)
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=collator, num_workers=4)
+    loader = accelerator.prepare(loader)
+    for epoch in range(num_epochs):
+        loader.set_epoch(epoch)  # reaches the sampler through Accelerate; or call sampler.set_epoch(epoch)
+        for batch in loader:
+            ...
+    ```
+
+    With `drop_last=False` every language contributes at most one smaller final batch; with `drop_last=True` all
+    batches have exactly `batch_size` captions (Accelerate then needs no padding batches).
+
+    Args:
+        image_ids (`Sequence[str]`): The `image_id` of every row.
+        batch_size (`int`): Captions per batch.
+        langs (`Sequence[str]`, *optional*): The `lang` of every row; required when `group_by_language`.
+        group_by_language (`bool`, *optional*, defaults to `False`): Make every batch single-language.
+        shuffle (`bool`, *optional*, defaults to `True`): Shuffle each epoch; otherwise follow dataset order.
+        drop_last (`bool`, *optional*, defaults to `False`): Drop batches smaller than `batch_size`.
+        seed (`int`, *optional*, defaults to 0): Base seed, combined with the epoch.
+        max_captions_per_image (`int`, *optional*):
+            Use at most this many captions of each image (per language when grouping) per epoch, e.g. 1 for the
+            one-caption-per-image epochs of CLIP-style training; all when omitted.
+
+    Example:
+
+    ```python
+    >>> from seeyou_ml.data.samplers import UniqueImageBatchSampler
+
+    >>> sampler = UniqueImageBatchSampler(["a", "a", "b", "c"], batch_size=2, seed=0)
+    >>> batches = list(sampler)
+    >>> all(len({["a", "a", "b", "c"][i] for i in batch}) == len(batch) for batch in batches)
+    True
+    >>> sampler.captions_per_epoch
+    4
+    ```
+    """
+
+    def __init__(
+        self,
+        image_ids: Sequence[str],
+        batch_size: int,
+        langs: Sequence[str] | None = None,
+        group_by_language: bool = False,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        max_captions_per_image: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        if group_by_language and langs is None:
+            raise ValueError("group_by_language=True needs langs (the lang column); pass langs=dataset['lang'].")
+        if langs is not None and len(langs) != len(image_ids):
+            raise ValueError(f"langs has {len(langs)} entries but image_ids has {len(image_ids)}; pass one per row.")
+        if max_captions_per_image is not None and max_captions_per_image < 1:
+            raise ValueError(f"max_captions_per_image={max_captions_per_image} must be >= 1 or None.")
+        self.image_codes, self.image_names = _factorize(image_ids)
+        if langs is not None:
+            self.lang_codes, self.lang_names = _factorize(langs)
+        else:
+            self.lang_codes, self.lang_names = np.zeros(len(image_ids), dtype=np.int64), np.asarray([""])
+        self.batch_size = batch_size
+        self.group_by_language = group_by_language
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.max_captions_per_image = max_captions_per_image
+        self.epoch = 0
+        self._plan: tuple[int, list[list[int]]] | None = None
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        batch_size: int,
+        image_id_column: str = "image_id",
+        lang_column: str = "lang",
+        **kwargs,
+    ) -> UniqueImageBatchSampler:
+        """Builds the sampler from a corpus's `image_id` and `lang` columns (read once; images are not decoded).
+
+        Args:
+            dataset (`datasets.Dataset` or mapping of columns): A map-style corpus in the common schema.
+            batch_size (`int`): Captions per batch.
+            image_id_column (`str`, *optional*, defaults to `"image_id"`): Column grouping captions by image.
+            lang_column (`str`, *optional*, defaults to `"lang"`): Language column.
+            **kwargs: The remaining `UniqueImageBatchSampler` arguments.
+        """
+        columns = read_columns(dataset, [image_id_column, lang_column])
+        return cls(columns[image_id_column], batch_size, langs=columns[lang_column], **kwargs)
+
+    @property
+    def sampler(self) -> UniqueImageBatchSampler:
+        # Accelerate's DataLoaderShard.set_epoch forwards the epoch to `batch_sampler.batch_sampler.sampler`
+        # (the torch BatchSampler layout); exposing ourselves there lets `loader.set_epoch` reach this sampler.
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch that seeds the next plan (call on every process before iterating)."""
+        self.epoch = epoch
+
+    def _group_order(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Orders the rows of one group so that the captions of each image are spread evenly over the epoch."""
+        order = rng.permutation(rows) if self.shuffle else rows
+        images = self.image_codes[order]
+        # Rank of each caption within its image, in the (shuffled) order: 0 for the first caption seen, ...
+        by_image = np.argsort(images, kind="stable")
+        sorted_images = images[by_image]
+        starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]])
+        counts = np.diff(np.r_[starts, len(order)])
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[by_image] = np.arange(len(order)) - np.repeat(starts, counts)
+        per_image = np.empty(len(order), dtype=np.int64)
+        per_image[by_image] = np.repeat(counts, counts)
+        if self.max_captions_per_image is not None:
+            keep = rank < self.max_captions_per_image
+            order, rank, images = order[keep], rank[keep], images[keep]
+            per_image = np.minimum(per_image[keep], self.max_captions_per_image)
+        # An image with k captions gets them at epoch times (r + phase) / k, r = 0..k-1: evenly spaced with a random
+        # phase, so two of them meet in one batch only if k exceeds (group size / batch size).
+        phase = rng.random(len(self.image_names))[images] if self.shuffle else np.zeros(len(order))
+        return order[np.argsort((rank + phase) / per_image, kind="stable")]
+
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        """Cuts an ordered group into batches without repeating an image; defers colliding captions."""
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        seen: set[int] = set()
+        waiting: deque[int] = deque()
+
+        def place(row: int) -> bool:
+            nonlocal batch, seen
+            image = self.image_codes[row]
+            if image in seen:
+                return False
+            batch.append(row)
+            seen.add(image)
+            if len(batch) == self.batch_size:
+                batches.append(batch)
+                batch, seen = [], set()
+            return True
+
+        def retry_waiting() -> bool:
+            placed = False
+            for _ in range(len(waiting)):
+                row = waiting.popleft()
+                if place(row):
+                    placed = True
+                else:
+                    waiting.append(row)
+            return placed
+
+        for row in order.tolist():
+            closed_before = len(batches)
+            if not place(row):
+                waiting.append(row)
+            elif waiting and len(batches) > closed_before:
+                retry_waiting()
+        while waiting and retry_waiting():
+            pass
+        if batch and not self.drop_last:
+            batches.append(batch)
+        return batches
+
+    def _plan_epoch(self) -> list[list[int]]:
+        if self._plan is not None and self._plan[0] == self.epoch:
+            return self._plan[1]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.group_by_language:
+            groups = [np.flatnonzero(self.lang_codes == code) for code in range(len(self.lang_names))]
+        else:
+            groups = [np.arange(len(self.image_codes))]
+        batches = [batch for rows in groups for batch in self._cut(self._group_order(rows, rng))]
+        if self.shuffle and self.group_by_language:
+            # Interleave languages across the epoch instead of running them one after another.
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        self._plan = (self.epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from (list(batch) for batch in self._plan_epoch())
+
+    def __len__(self) -> int:
+        return len(self._plan_epoch())
+
+    @property
+    def captions_per_epoch(self) -> int:
+        """Number of captions the current epoch's batches cover (each at most once)."""
+        return sum(len(batch) for batch in self._plan_epoch())
+
+    def coverage(self) -> dict[str, tuple[int, int]]:
+        """Covered and total captions of the current epoch, per language (`""` when no langs were given).
+
+        Returns:
+            `dict[str, tuple[int, int]]`: `{lang: (covered, total)}`.
+        """
+        covered = np.zeros(len(self.lang_names), dtype=np.int64)
+        for batch in self._plan_epoch():
+            np.add.at(covered, self.lang_codes[batch], 1)
+        totals = np.bincount(self.lang_codes, minlength=len(self.lang_names))
+        return {str(name): (int(c), int(t)) for name, c, t in zip(self.lang_names, covered, totals)}
+
+    def __repr__(self) -> str:
+        return (
+            f"UniqueImageBatchSampler(rows={len(self.image_codes)}, images={len(self.image_names)}, "
+            f"batch_size={self.batch_size}, group_by_language={self.group_by_language}, drop_last={self.drop_last}, "
+            f"seed={self.seed}, epoch={self.epoch})"
+        )
