@@ -65,6 +65,7 @@ CORPUS_FORMATS = {
 }
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+SAVED_DATASET_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
 def corpus_features(with_boxes: bool = False) -> datasets.Features:
@@ -98,9 +99,11 @@ def detect_format(path_or_name: Union[str, os.PathLike]) -> str:
         if path.suffix == ".tar":
             return "webdataset"
     elif path.is_dir():
+        if any((path / name).is_file() for name in SAVED_DATASET_FILES):
+            return "datasets"
         if any(path.glob("*.jsonl")) and not any((path / name).is_file() for name in METADATA_FILES):
             return "captions-jsonl"
-        if any(path.glob("dataset_*.json")):
+        if _karpathy_files(path):
             return "karpathy"
         if (path / "image_splits").is_dir() and (path / "raw").is_dir():
             return "multi30k"
@@ -108,8 +111,6 @@ def detect_format(path_or_name: Union[str, os.PathLike]) -> str:
             return "imagefolder"
         if any(path.glob("*.tar")) or any(path.glob("*/*.tar")):
             return "webdataset"
-        if any((path / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json")):
-            return "datasets"
         if any(path.glob("*.parquet")) or any(path.glob("*.arrow")) or any(path.glob("data/*")):
             return "datasets"
     elif any(char in str(path_or_name) for char in "*?[") and Path(str(path_or_name)).suffix == ".tar":
@@ -119,6 +120,10 @@ def detect_format(path_or_name: Union[str, os.PathLike]) -> str:
     known = "\n".join(f"  {name}: {layout}" for name, layout in CORPUS_FORMATS.items())
     reason = "does not exist" if not path.exists() else "matches none of the corpus formats"
     raise ValueError(f"{path_or_name} {reason}. Pass format= one of these, with the layout it expects:\n{known}")
+
+
+def _karpathy_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("dataset_*.json") if p.name not in SAVED_DATASET_FILES)
 
 
 def load_corpus(
@@ -213,16 +218,18 @@ def _entry_reader(
     load_dataset_kwargs: dict,
 ) -> Callable[[SkipLog], Iterator[ImageEntry]]:
     """Resolves the files of one format and split (errors surface here, before any row is read)."""
-    path = Path(path_or_name)
+    # Absolute paths keep the dataset's image column valid from any working directory.
+    path = Path(path_or_name).expanduser()
+    path = path.absolute() if path.exists() else path
     root = path.parent if path.is_file() else path
-    images = Path(image_root) if image_root is not None else None
+    images = Path(image_root).expanduser().absolute() if image_root is not None else None
     if format == "captions-jsonl":
         file = path if path.is_file() else path / f"{split}.jsonl"
         if not file.is_file():
             raise ValueError(f"{file} does not exist; the splits here are {sorted(p.stem for p in root.glob('*.jsonl'))}.")
         return lambda log: read_captions_jsonl(file, images or root, column_mapping, default_lang, log)
     if format == "karpathy":
-        file = path if path.is_file() else next(iter(sorted(path.glob("dataset_*.json"))), path / "dataset_coco.json")
+        file = path if path.is_file() else next(iter(_karpathy_files(path)), path / "dataset_coco.json")
         return lambda log: read_karpathy(file, split, images or root, default_lang, log)
     if format == "multi30k":
         return lambda log: read_multi30k(path, split, images or path / "images", languages, log)
@@ -353,6 +360,8 @@ def _collect(
         else:
             kept.append((entry, captions))
     dataset = _to_dataset(kept)
+    if not kept:
+        logger.warning("%s, split %r: no captions kept", log.report.source, log.report.split)
     log.report.captions = dataset.num_rows
     log.report.images = len({entry.image_id for entry, _ in kept})
     log.report.captions_per_language = dict(Counter(caption.lang for _, captions in kept for caption in captions))

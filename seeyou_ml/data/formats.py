@@ -80,17 +80,15 @@ def expand_captions(record: dict, default_lang: str) -> list[CaptionEntry]:
         MalformedRecord: when no caption key is present or a value has the wrong type.
     """
     lang = record.get("lang") or default_lang
-    if "captions" in record:
-        captions = record["captions"]
-    elif "caption" in record:
-        captions = record["caption"]
-    else:
+    key = "captions" if "captions" in record else "caption"
+    if key not in record:
         raise MalformedRecord(f"no 'caption' or 'captions' key (keys: {sorted(record)})")
+    captions = record[key]
     if isinstance(captions, dict):
         pairs = [(key, text) for key, texts in captions.items() for text in _as_list(texts, f"captions[{key!r}]")]
         return [CaptionEntry(key, _as_text(text)) for key, text in pairs]
     entries = []
-    for text in _as_list(captions, "captions"):
+    for text in _as_list(captions, key):
         if isinstance(text, dict):
             entries.append(
                 CaptionEntry(text.get("lang") or lang, _as_text(text.get("caption")), _as_boxes(text.get("boxes")),
@@ -109,7 +107,7 @@ def _as_list(value: Any, name: str) -> list:
         return [value]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise MalformedRecord(f"{name} is a {type(value).__name__}, expected a string or a list of strings")
+    raise MalformedRecord(f"{name} is of type {type(value).__name__}, expected a string or a list of strings")
 
 
 def _as_text(value: Any) -> str:
@@ -117,7 +115,7 @@ def _as_text(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise MalformedRecord(f"caption {value!r} is a {type(value).__name__}, expected a string")
+        raise MalformedRecord(f"caption {value!r} is of type {type(value).__name__}, expected a string")
     return value
 
 
