@@ -1,0 +1,120 @@
+"""From a recipe to a ready [`Trainer`]: model and processor, corpora, collator and batch sampler.
+
+The model section names either the `tiny` preset (tiny ResNet + tiny XLM-R with the scenes SentencePiece tokenizer;
+the embedded default) or two Hub checkpoints (e.g. `microsoft/resnet-50` + `xlm-roberta-base`) joined by
+`SeeYouModel.from_vision_text_pretrained`. The data section names `scenes` (the embedded corpus) or anything
+`seeyou_ml.data.load_corpus` opens.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..modeling import SeeYouModel
+from ..processing import SeeYouProcessor
+from .config import DataConfig, ModelConfig, TrainingRecipe
+from .trainer import Trainer, make_accelerator
+
+logger = logging.getLogger(__name__)
+
+
+def build_model_and_processor(config: ModelConfig) -> tuple[SeeYouModel, SeeYouProcessor]:
+    """The model and processor a recipe's model section names (call `set_seed` first for a reproducible init)."""
+    if config.preset is not None:
+        if config.preset != "tiny":
+            raise ValueError(f"model.preset={config.preset!r} is unknown; use `tiny`, or null with model.vision and "
+                             "model.text naming checkpoints.")
+        from ..data.tokenizer import scenes_tokenizer
+        from ..presets import tiny_config, tiny_processor
+
+        tokenizer = scenes_tokenizer()
+        preset = dict(config.preset_kwargs)
+        model_config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **preset,
+                                   **config.config_overrides)
+        processor = tiny_processor(tokenizer, image_size=preset.get("image_size", 64))
+        return SeeYouModel(model_config), processor
+    if not config.vision or not config.text:
+        raise ValueError("With model.preset null, name both towers: model.vision (e.g. microsoft/resnet-50) and "
+                         "model.text (e.g. xlm-roberta-base).")
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    model = SeeYouModel.from_vision_text_pretrained(config.vision, config.text, **config.config_overrides)
+    processor = SeeYouProcessor(
+        image_processor=AutoImageProcessor.from_pretrained(config.image_processor or config.vision),
+        tokenizer=AutoTokenizer.from_pretrained(config.tokenizer or config.text),
+    )
+    return model, processor
+
+
+def load_split(config: DataConfig, split: str) -> Any:
+    """One split of the recipe's corpus in the common record schema."""
+    kwargs = dict(config.corpus_kwargs)
+    if config.languages is not None:
+        kwargs["languages"] = list(config.languages)
+    if config.corpus == "scenes":
+        from ..data.scenes import load_scenes
+
+        return load_scenes(split, **kwargs)
+    from ..data import load_corpus
+
+    return load_corpus(config.corpus, split=split, **kwargs)
+
+
+def build_collator(config: DataConfig, processor: SeeYouProcessor) -> Any:
+    """`SeeYouCollator` with the augmentations of `data.augment` (an `AugmentationConfig` as a mapping)."""
+    from ..data.collator import SeeYouCollator
+
+    augmentations = {}
+    if config.augment:
+        from ..data.augment import AugmentationConfig, build_augmentations
+
+        augmentations = vars(build_augmentations(AugmentationConfig.from_dict(config.augment)))
+    return SeeYouCollator(processor, max_length=config.max_length, **augmentations)
+
+
+def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
+    """Full global batches, reshuffled every epoch; without two captions of one image when asked."""
+    from ..data.samplers import UniqueImageBatchSampler, read_columns
+
+    if hasattr(dataset, "column_names"):
+        columns = read_columns(dataset, ["image_id", "lang"])
+        image_ids, langs = columns["image_id"], columns["lang"]
+    else:
+        image_ids = [row["image_id"] for row in dataset]
+        langs = [row.get("lang", "") for row in dataset]
+    if not config.image_unique_batches:
+        image_ids = [str(i) for i in range(len(image_ids))]
+    sampler = UniqueImageBatchSampler(image_ids, config.batch_size, langs=langs, drop_last=True, seed=seed,
+                                      **config.sampler_kwargs)
+    if len(sampler) == 0:
+        raise ValueError(f"data.batch_size={config.batch_size} exceeds what one epoch of {len(image_ids)} captions "
+                         "can fill without repeating an image; lower data.batch_size.")
+    return sampler
+
+
+def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = None) -> Trainer:
+    """A [`Trainer`] with everything the recipe names built (model, processor, corpora, collator, sampler)."""
+    accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
+    set_seed(recipe.seed)
+    model, processor = build_model_and_processor(recipe.model)
+    with accelerator.main_process_first():
+        # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
+        train = load_split(recipe.data, recipe.data.train_split)
+        evaluation = load_split(recipe.data, recipe.data.eval_split) if recipe.data.eval_split else None
+    return Trainer(
+        recipe,
+        model=model,
+        processor=processor,
+        train_dataset=train,
+        collate_fn=build_collator(recipe.data, processor),
+        batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
+        eval_dataset=evaluation,
+        accelerator=accelerator,
+    )
+
+
+__all__ = ["build_batch_sampler", "build_collator", "build_model_and_processor", "build_trainer", "load_split"]

@@ -1,0 +1,435 @@
+"""The training loop: one script for one process or many (Accelerate), fp32 or bf16, with stages and resume.
+
+Every optimizer step sees the recipe's global batch (`data.batch_size` pairs, split over the processes and, with
+`data.sub_batch_size`, into GradCache sub-batches), sums the active loss terms, averages the gradients over the
+processes, clips them, and steps AdamW and the staged schedule. A NaN/inf loss skips the update. Checkpoints carry
+the model, optimizer, scheduler, random states and the data position, so a resumed CPU fp32 run reproduces the loss
+curve of an uninterrupted one exactly.
+
+Gradients are averaged with one all-reduce per bucket after the backward pass rather than by DDP's hooks: a
+GradCache step back-propagates the loss outside any forward call and stages change which parameters train, two
+things DDP's reducer does not allow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint
+from .config import TrainingRecipe
+from .grad_cache import cache_embeddings
+from .monitor import CollapseMonitor, NonFiniteLossGuard
+from .objectives import active_weights, check_loss_terms, compute_losses
+from .optim import build_optimizer, build_schedule
+from .stages import StageController
+
+logger = logging.getLogger(__name__)
+
+FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "lang", "image_id")
+HISTORY_NAME = "history.jsonl"
+RESULTS_NAME = "retrieval_results.json"
+RECIPE_NAME = "recipe.yaml"
+_BUCKET_ELEMENTS = 1 << 24
+
+
+@dataclass
+class TrainOutput:
+    """What [`Trainer.train`] returns.
+
+    Args:
+        step: optimizer steps done (including those of a resumed-from run).
+        losses: `(step, loss)` of every step this call ran, the loss averaged over processes.
+        skipped_steps: steps skipped for a non-finite loss, in the whole run.
+        metrics: the final retrieval results, when an eval split was given.
+        output_dir: where the model, recipe and results were written.
+    """
+
+    step: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    skipped_steps: int = 0
+    metrics: Optional[dict] = None
+    output_dir: Optional[Path] = None
+
+
+class SeededCollate:
+    """Runs a collate function under a random state derived from the batch, leaving the global state untouched.
+
+    Augmentations draw from the global torch RNG; data loaders fetch a batch ahead of the step that uses it, so
+    without this the draws of the collator and of the model (dropout) would interleave in an order that a resumed run
+    cannot replay. Seeding each batch from (seed, epoch, its image ids and captions) makes its augmentation a pure
+    function of the batch, in the main process and in workers alike.
+    """
+
+    def __init__(self, collate_fn: Callable, seed: int):
+        self.collate_fn = collate_fn
+        self.seed = seed
+        self.epoch = 0
+
+    def __call__(self, records: list) -> Any:
+        digest = hashlib.blake2b(repr((self.seed, self.epoch)).encode(), digest_size=8)
+        for record in records:
+            if isinstance(record, Mapping):
+                digest.update(repr((record.get("image_id"), record.get("caption"))).encode())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+            return self.collate_fn(records)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restores the Python, NumPy and torch random states on exit (evaluation must not shift training's draws)."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+
+
+def make_accelerator(recipe: TrainingRecipe, **kwargs) -> Accelerator:
+    """The `Accelerator` of a recipe: global batches split over processes, its precision and tracker."""
+    if recipe.mixed_precision is not None:
+        kwargs.setdefault("mixed_precision", recipe.mixed_precision)
+    if recipe.monitor.report_to:
+        kwargs.setdefault("log_with", recipe.monitor.report_to)
+    return Accelerator(
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        project_dir=recipe.output_dir,
+        **kwargs,
+    )
+
+
+def average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
+    """Averages the gradients of `parameters` over all processes, bucket by bucket (missing grads count as 0)."""
+    if world_size == 1:
+        return
+    grads = []
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        grads.append(parameter.grad)
+    bucket: list[torch.Tensor] = []
+    for i, grad in enumerate(grads):
+        bucket.append(grad)
+        if sum(g.numel() for g in bucket) >= _BUCKET_ELEMENTS or i == len(grads) - 1:
+            flat = torch.cat([g.reshape(-1) for g in bucket])  # (sum of numel,)
+            dist.all_reduce(flat)
+            flat /= world_size
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+            bucket = []
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+class Trainer:
+    """Trains a dual encoder as a [`TrainingRecipe`] says.
+
+    Args:
+        recipe: the resolved recipe.
+        model: a dual encoder exposing `vision_model`, `text_model`, `get_image_features`, `get_text_features` and a
+            `logit_scale` (e.g. `SeeYouModel`); built after `set_seed(recipe.seed)` for reproducible runs.
+        processor: saved next to the model and handed to the evaluation.
+        train_dataset: map-style dataset of records (or anything `collate_fn` understands).
+        collate_fn: records -> batch whose keys are the model's `forward` arguments (e.g. `SeeYouCollator`).
+        batch_sampler: yields lists of indices of global batches and has `set_epoch(epoch)` and `__len__`
+            (e.g. `UniqueImageBatchSampler` with `drop_last=True`).
+        eval_dataset: records to evaluate retrieval on at the end (and every `eval.every` steps).
+        evaluate_fn: `fn(model, processor, dataset, batch_size=..., **recipe.eval.kwargs) -> dict`; defaults to
+            `seeyou_ml.evaluation.evaluate_retrieval`.
+        accelerator: defaults to [`make_accelerator`] of the recipe.
+
+    Example:
+
+    ```python
+    >>> from seeyou_ml.training.build import build_trainer  # doctest: +SKIP
+    >>> output = build_trainer(TrainingRecipe.from_yaml("recipes/scenes-tiny.yaml")).train()  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(
+        self,
+        recipe: TrainingRecipe,
+        model: nn.Module,
+        processor: Any,
+        train_dataset: Any,
+        collate_fn: Callable,
+        batch_sampler: Any,
+        eval_dataset: Any = None,
+        evaluate_fn: Optional[Callable] = None,
+        accelerator: Optional[Accelerator] = None,
+    ):
+        self.recipe = recipe
+        self.accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
+        if self.accelerator.mixed_precision == "fp16":
+            raise ValueError("mixed_precision=fp16 needs loss scaling that GradCache and the NaN guard do not "
+                             "handle; use bf16 (or no).")
+        self.output_dir = Path(recipe.output_dir)
+        self.processor = processor
+        self.eval_dataset = eval_dataset
+        self.evaluate_fn = evaluate_fn
+        processes = self.accelerator.num_processes
+        if recipe.data.batch_size % processes:
+            raise ValueError(f"data.batch_size={recipe.data.batch_size} does not split over {processes} processes; "
+                             f"use a multiple of {processes}.")
+        self.local_batch = recipe.data.batch_size // processes
+        sub = recipe.data.sub_batch_size
+        self.sub_batch_size = sub if sub is not None and sub < self.local_batch else None
+        check_loss_terms(recipe.losses, self.sub_batch_size is not None)
+
+        if recipe.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = build_optimizer(model, recipe.optim)
+        scheduler = build_schedule(optimizer, recipe.optim, recipe.stages)
+        self.batch_sampler = batch_sampler
+        self.collate = SeededCollate(collate_fn, recipe.seed)
+        loader = DataLoader(
+            train_dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=self.collate,
+            num_workers=recipe.data.num_workers,
+            # A private generator keeps `iter(loader)` from drawing on the global RNG (exact resume).
+            generator=torch.Generator().manual_seed(recipe.seed),
+        )
+        # No DDP wrapper: gradients are averaged by `average_gradients` (see the module docstring).
+        self.model = self.accelerator.prepare_model(model, evaluation_mode=True)
+        self.optimizer, self.scheduler, self.loader = self.accelerator.prepare(optimizer, scheduler, loader)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.stages = StageController(self.unwrapped, scheduler.table, recipe.model.freeze_batchnorm)
+        self.guard = NonFiniteLossGuard(recipe.monitor.max_consecutive_nonfinite)
+        self.collapse = CollapseMonitor(recipe.monitor.collapse_max_cosine, recipe.monitor.collapse_min_rank_fraction)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    # ---- one step -----------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: Mapping[str, Any]) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
+        """Forward, loss, backward, gradient sync, clipping and the optimizer update for one global batch.
+
+        Returns:
+            `(loss, terms, embeddings)`: the loss averaged over processes (NaN/inf when skipped), the unweighted terms
+            and this process's detached (b, D) embeddings for the collapse monitor.
+        """
+        accelerator = self.accelerator
+        self.stages.apply(self.step)
+        self.stages.train_mode()
+        weights = active_weights(self.recipe.losses, self.step)
+        cached = None
+        if self.sub_batch_size is not None:
+            cached = cache_embeddings(self.unwrapped, batch, self.sub_batch_size, accelerator.autocast)
+            outputs = cached.embeddings
+        else:
+            outputs = self.model(**{k: batch[k] for k in FORWARD_KEYS if k in batch})
+        total, terms = compute_losses(outputs, batch, self.unwrapped, weights)
+
+        # Every process must agree on skipping, or the gradient all-reduce would hang.
+        finite = torch.isfinite(total.detach()).float().reshape(1)
+        all_finite = bool(accelerator.reduce(finite, reduction="sum").item() == accelerator.num_processes)
+        trainable = [p for p in self.unwrapped.parameters() if p.requires_grad]
+        if all_finite:
+            accelerator.backward(total)
+            if cached is not None:
+                cached.backward()
+            average_gradients(trainable, accelerator.num_processes)
+            max_norm = self.recipe.optim.max_grad_norm
+            norm = accelerator.clip_grad_norm_(trainable, max_norm if max_norm is not None else math.inf)
+            if torch.isfinite(torch.as_tensor(norm)):
+                self.optimizer.step()
+            else:
+                logger.warning(f"Step {self.step}: gradient norm is {float(norm)}; skipping the optimizer update.")
+                all_finite = False
+        self.optimizer.zero_grad(set_to_none=True)
+
+        loss = accelerator.reduce(total.detach().float().reshape(1), reduction="mean").item()
+        if not all_finite and math.isfinite(loss):
+            loss = float("nan")
+        term_values = {
+            name: accelerator.reduce(value.detach().float().reshape(1), reduction="mean").item()
+            for name, value in terms.items()
+        }
+        embeddings = {k: outputs[k].detach() for k in ("image_embeds", "text_embeds")}
+        return loss, term_values, embeddings
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+
+    def train(self) -> TrainOutput:
+        """Runs (or resumes) the recipe to its last step, then saves the model and evaluates it."""
+        accelerator, recipe = self.accelerator, self.recipe
+        total_steps = recipe.total_steps
+        self._check_evaluation()
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            recipe.to_yaml(self.output_dir / RECIPE_NAME)
+        set_seed(recipe.seed)
+        if recipe.resume_from:
+            self._resume(resolve_resume_path(recipe.resume_from, self.output_dir))
+        if recipe.monitor.report_to:
+            accelerator.init_trackers(recipe.name, config=_flatten(recipe.to_dict()))
+
+        output = TrainOutput(step=self.step, output_dir=self.output_dir)
+        bar = tqdm(total=total_steps, initial=self.step, desc=self.stages.table[0]["name"], dynamic_ncols=True,
+                   disable=not (accelerator.is_main_process and recipe.monitor.progress_bar))
+        started, start_step = time.perf_counter(), self.step
+        while self.step < total_steps:
+            self.batch_sampler.set_epoch(self.epoch)
+            self.collate.epoch = self.epoch
+            loader = self.loader
+            if self.batch_in_epoch:
+                loader = accelerator.skip_first_batches(self.loader, self.batch_in_epoch)
+            for batch in loader:
+                if self.stages.apply(self.step):
+                    bar.set_description(self.stages.name)
+                loss, terms, embeddings = self.training_step(batch)
+                self.guard.update(loss, self.step)
+                self.scheduler.step()
+                self.step += 1
+                self.batch_in_epoch += 1
+                output.losses.append((self.step - 1, loss))
+                rate = (self.step - start_step) * recipe.data.batch_size / (time.perf_counter() - started)
+                self._after_step(loss, terms, embeddings, rate, bar)
+                if self.step >= total_steps:
+                    break
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                continue
+            break
+        bar.close()
+        output.step, output.skipped_steps = self.step, self.guard.skipped
+        self._save_final()
+        output.metrics = self._evaluate(final=True)
+        accelerator.end_training()
+        return output
+
+    def _after_step(self, loss: float, terms: dict, embeddings: dict, rate: float, bar: tqdm) -> None:
+        """Logging, collapse checks, periodic evaluation and checkpoints after optimizer step `self.step`."""
+        recipe, step = self.recipe, self.step
+        lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+        lr = max(lrs.values())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_per_s=f"{rate:.1f}")
+        logs: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            record = {"step": step - 1, "loss": loss, "lr": lr, "samples_per_second": rate, **terms}
+            with open(self.output_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        if step % max(recipe.monitor.log_every, 1) == 0 or step == recipe.total_steps:
+            logs.update({"train/loss": loss, "train/samples_per_second": rate,
+                         "train/skipped_steps": self.guard.skipped,
+                         "train/logit_scale": float(self.unwrapped.logit_scale.detach().exp())})
+            logs.update({f"train/{name}": value for name, value in terms.items()})
+            logs.update({f"lr/{name}": value for name, value in lrs.items()})
+        every = recipe.monitor.collapse_every
+        if every and step % every == 0:
+            stats, _ = self.collapse.check(embeddings["image_embeds"], embeddings["text_embeds"], step)
+            logs.update({f"collapse/{name}": value for name, value in stats.items()})
+        if recipe.eval.every and step % recipe.eval.every == 0 and step < recipe.total_steps:
+            metrics = self._evaluate(final=False)
+            logs.update({f"eval/{k}": v for k, v in _flatten(metrics or {}).items() if isinstance(v, (int, float))})
+        if logs and recipe.monitor.report_to:
+            self.accelerator.log(logs, step=step)
+        if recipe.checkpoint.save_every and step % recipe.checkpoint.save_every == 0:
+            self.save_checkpoint()
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+
+    def trainer_state(self) -> dict:
+        """The trainer's position and counters as plain data."""
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "guard": self.guard.state_dict()}
+
+    def save_checkpoint(self) -> Path:
+        """Writes `<output_dir>/checkpoints/step-<N>` atomically, keeping the last `checkpoint.keep_last`."""
+        return save_checkpoint(self.accelerator, self.output_dir, self.step, self.trainer_state(),
+                               self.recipe.checkpoint.keep_last)
+
+    def _resume(self, path: Path) -> None:
+        state = load_checkpoint(self.accelerator, path)
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.guard.load_state_dict(state.get("guard", {}))
+        if self.accelerator.is_main_process:
+            history = self.output_dir / HISTORY_NAME
+            if history.exists():
+                # Steps after the checkpoint will be run again; drop their old records.
+                kept = [line for line in history.read_text(encoding="utf-8").splitlines()
+                        if line and json.loads(line)["step"] < self.step]
+                history.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        logger.info(f"Resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}).")
+
+    # ---- output and evaluation -----------------------------------------------------------------------------------
+
+    def _save_final(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.unwrapped.save_pretrained(self.output_dir)
+            if self.processor is not None:
+                self.processor.save_pretrained(self.output_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _check_evaluation(self) -> None:
+        if self.eval_dataset is not None and self.evaluate_fn is None:
+            try:
+                from ..evaluation import evaluate_retrieval
+            except ImportError as error:
+                raise ImportError(
+                    f"Evaluating data.eval_split needs seeyou_ml.evaluation.evaluate_retrieval ({error}); set "
+                    "data.eval_split to null to train without it."
+                ) from error
+            self.evaluate_fn = evaluate_retrieval
+
+    def _evaluate(self, final: bool) -> Optional[dict]:
+        """Retrieval on the eval split on the main process; the final results go to `retrieval_results.json`."""
+        if self.eval_dataset is None:
+            return None
+        self.accelerator.wait_for_everyone()
+        results = None
+        if self.accelerator.is_main_process:
+            was_training = self.unwrapped.training
+            self.unwrapped.eval()
+            with preserved_rng(), torch.no_grad(), self.accelerator.autocast():
+                results = self.evaluate_fn(self.unwrapped, self.processor, self.eval_dataset,
+                                           batch_size=self.recipe.eval.embed_batch_size, **self.recipe.eval.kwargs)
+            results = results.to_dict() if hasattr(results, "to_dict") else results
+            self.unwrapped.train(was_training)
+            if final:
+                with open(self.output_dir / RESULTS_NAME, "w", encoding="utf-8") as f:
+                    json.dump({"step": self.step, **results}, f, indent=2, default=float)
+        self.accelerator.wait_for_everyone()
+        return results
+
+
+__all__ = ["SeededCollate", "TrainOutput", "Trainer", "average_gradients", "make_accelerator", "preserved_rng"]
