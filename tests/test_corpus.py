@@ -139,6 +139,32 @@ def test_datasets_format_explodes_caption_lists_and_keeps_boxes(tmp_path):
     assert [row["caption"] for row in load_corpus(tmp_path / "saved")] == ["left one", "right one"]
 
 
+def test_datasets_format_reads_parquet_folders_eagerly_and_streaming(tmp_path, caplog):
+    table = datasets.Dataset.from_dict(
+        {"img": [{"bytes": image_bytes(i), "path": None} for i in range(3)], "sentence": ["s0", "s1", "s2"],
+         "lang": ["en", "de", "xx"]},
+        features=datasets.Features({"img": datasets.Image(), "sentence": datasets.Value("string"),
+                                    "lang": datasets.Value("string")}),
+    )
+    (tmp_path / "pq" / "data").mkdir(parents=True)
+    table.to_parquet(str(tmp_path / "pq" / "data" / "train-00000.parquet"))
+    mapping = {"img": "image", "sentence": "caption"}
+    assert detect_format(tmp_path / "pq") == "datasets"
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        corpus = load_corpus(tmp_path / "pq", column_mapping=mapping, cache_dir=str(tmp_path / "cache"))
+    assert [(row["lang"], row["caption"]) for row in corpus] == [("en", "s0"), ("de", "s1")]
+    assert any(record.getMessage().startswith(f"skipped {tmp_path / 'pq'}, row 2 (unknown_language)")
+               for record in caplog.records)
+    stream, report = load_corpus(tmp_path / "pq", column_mapping=mapping, streaming=True, return_report=True)
+    assert [(row["caption"], row["image"].size) for row in stream] == [("s0", (20, 20)), ("s1", (20, 20))]
+    assert report.skipped == {"unknown_language": 1}
+
+
+def test_imagefolder_streaming(tmp_path):
+    stream = load_corpus(imagefolder(tmp_path / "folder"), streaming=True)
+    assert rows(stream) == [(f"img{i}", "es", f"picture {i}") for i in range(3)]
+
+
 def test_boxes_and_phrase_become_columns(tmp_path):
     write_image(tmp_path / "a.jpg")
     write_lines(tmp_path / "train.jsonl", [

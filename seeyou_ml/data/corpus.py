@@ -82,6 +82,10 @@ def corpus_features(with_boxes: bool = False) -> datasets.Features:
     return datasets.Features(features)
 
 
+def _karpathy_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("dataset_*.json") if p.name not in SAVED_DATASET_FILES)
+
+
 def detect_format(path_or_name: Union[str, os.PathLike]) -> str:
     """Names the corpus format of a path (a key of `CORPUS_FORMATS`).
 
@@ -122,10 +126,6 @@ def detect_format(path_or_name: Union[str, os.PathLike]) -> str:
     raise ValueError(f"{path_or_name} {reason}. Pass format= one of these, with the layout it expects:\n{known}")
 
 
-def _karpathy_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("dataset_*.json") if p.name not in SAVED_DATASET_FILES)
-
-
 def load_corpus(
     path_or_name: Union[str, os.PathLike],
     split: str = "train",
@@ -142,6 +142,12 @@ def load_corpus(
     **load_dataset_kwargs,
 ) -> Union[datasets.Dataset, datasets.IterableDataset, tuple]:
     """Loads an image-caption corpus as one row per caption in the seeyou-ml record schema.
+
+    `image_id` comes from the record (`image_id`, Karpathy's `cocoid`) or else from the image file name or
+    WebDataset key; give a `datasets` corpus an `image_id` column when several rows share an image. Files on disk stay
+    on disk (the `image` column holds their absolute paths); images held as bytes (tar shards, Hub parquet) are
+    copied into the in-memory dataset, so read large ones with `streaming=True`. A streamed corpus has `boxes` and
+    `phrase` columns when its first record carries them.
 
     Args:
         path_or_name: a corpus folder or file, a glob of tar shards, or a `datasets` dataset name.

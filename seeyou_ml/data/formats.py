@@ -156,7 +156,7 @@ def read_captions_jsonl(
                 log.skip(MALFORMED_LINE, file, number, f"malformed line ({error})", fix, captions=0)
                 continue
             image = _resolve(image_root, record["image"])
-            image_id = str(record.get("image_id") or Path(record["image"]).stem)
+            image_id = str(record["image_id"]) if record.get("image_id") is not None else Path(record["image"]).stem
             yield ImageEntry(image, image_id, captions, str(file), number)
 
 
@@ -287,7 +287,7 @@ def read_webdataset(
             if ext is None:
                 log.skip(MISSING_IMAGE, shard, locator, f"sample {key} has no image member", fix, len(captions))
                 continue
-            image_id = str(record.get("image_id") or key)
+            image_id = str(record["image_id"]) if record.get("image_id") is not None else key
             yield ImageEntry((f"{key}.{ext}", parts[ext]), image_id, captions, str(shard), locator)
 
 
@@ -332,4 +332,5 @@ def read_hf_dataset(
         elif isinstance(image, str) and image_root is not None:
             image = _resolve(image_root, image)
         stem = Path(image[0] if isinstance(image, tuple) else image or f"row-{index}").stem
-        yield ImageEntry(image, str(row.get("image_id") or stem), captions, file, line)
+        image_id = str(row["image_id"]) if row.get("image_id") is not None else stem
+        yield ImageEntry(image, image_id, captions, file, line)
