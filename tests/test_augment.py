@@ -43,8 +43,13 @@ def test_config_turns_each_augmentation_on():
     assert isinstance(back_translation, BackTranslation) and back_translation.p == 0.4
     assert back_translation.source_langs == {"de"}
     assert isinstance(synonyms, SynonymReplacement) and synonyms.p == 0.2
-    # Back-translation first, then synonyms in the caption's final language.
-    assert chain("A cat.", "en", image_id="a") == ("x", "de")
+
+
+def test_text_chain_back_translates_before_replacing_synonyms():
+    config = AugmentationConfig(synonym_prob=1.0, back_translation_prob=1.0)
+    built = build_augmentations(config, synonym_tables={"de": {"Hund": ["Köter"]}}, caption_index={"a": {"de": ["Ein Hund."]}})
+    # Synonyms are drawn in the language the back-translation ends in.
+    assert built.text_augment("A dog.", "en", image_id="a") == ("Ein Köter.", "de")
 
 
 def test_a_single_text_augmentation_is_not_wrapped():

@@ -1,0 +1,181 @@
+"""Tests for `seeyou_ml.data.collator`: keys, shapes, padding, image inputs, box scaling and augment hooks."""
+
+from __future__ import annotations
+
+import io
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import CLIPImageProcessorPil, ConvNextImageProcessorPil
+
+from seeyou_ml.data.augment_image import PHOTOMETRIC_OPS, MixUp, RandAugment
+from seeyou_ml.data.collator import SeeYouCollator, load_image
+from seeyou_ml.data.samplers import UniqueImageBatchSampler
+from seeyou_ml.presets import tiny_processor
+from seeyou_ml.processing import SeeYouProcessor
+
+CAPTIONS = ["a red circle", "ein roter Kreis left of the blue square", "une étoile"]
+
+
+def colour_image(seed: int, size=(40, 30)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def records(n: int = 3, **extra):
+    langs = ["en", "de", "fr"]
+    return [
+        {"image": colour_image(i), "caption": CAPTIONS[i % 3], "lang": langs[i % 3], "image_id": str(100 + i), **extra}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture()
+def processor(tiny_tokenizer):
+    return tiny_processor(tiny_tokenizer, image_size=32)
+
+
+def test_batch_keys_are_the_forward_arguments(processor, tiny_model):
+    batch = SeeYouCollator(processor)(records())
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "lang", "image_id"}
+    assert batch["lang"] == ["en", "de", "fr"] and batch["image_id"] == ["100", "101", "102"]
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    outputs = tiny_model(**batch, return_loss=True)
+    assert outputs.logits_per_image.shape == (3, 3) and torch.isfinite(outputs.loss)
+
+
+def test_captions_are_padded_to_the_longest(processor, tiny_tokenizer):
+    batch = SeeYouCollator(processor)(records())
+    lengths = [len(tiny_tokenizer(caption)["input_ids"]) for caption in CAPTIONS]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    assert batch["attention_mask"].sum(-1).tolist() == lengths
+    padded = batch["attention_mask"] == 0
+    assert padded.any() and (batch["input_ids"][padded] == tiny_tokenizer.pad_token_id).all()
+
+
+def test_max_length_truncates(processor):
+    batch = SeeYouCollator(processor, max_length=5)(records())
+    assert batch["input_ids"].shape[1] == 5
+
+
+def test_images_from_paths_bytes_and_other_modes_match(processor, tmp_path):
+    image = colour_image(0)
+    path = tmp_path / "image.png"
+    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    base = {"caption": "a red circle", "lang": "en", "image_id": "7"}
+    sources = [image, str(path), {"bytes": buffer.getvalue(), "path": None}, image.convert("RGBA")]
+    batch = SeeYouCollator(processor)([{**base, "image": source} for source in sources])
+    for row in range(1, 4):
+        torch.testing.assert_close(batch["pixel_values"][row], batch["pixel_values"][0])
+    assert load_image(image.convert("L")).mode == "RGB"
+
+
+def test_unreadable_images_and_incomplete_records_are_named(processor, tmp_path):
+    collator = SeeYouCollator(processor)
+    bad = {"image": str(tmp_path / "nowhere.jpg"), "caption": "x", "lang": "en", "image_id": "42"}
+    with pytest.raises(ValueError, match="image_id '42'"):
+        collator([bad])
+    with pytest.raises(KeyError, match=r"record 1 of the batch .* lacks \['lang'\]"):
+        collator([records(1)[0], {"image": colour_image(1), "caption": "x", "image_id": "9"}])
+    with pytest.raises(ValueError, match="empty batch"):
+        collator([])
+
+
+def box_image(size, box) -> Image.Image:
+    image = Image.new("RGB", size, (0, 0, 0))
+    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255))
+    return image
+
+
+def bright_region(pixel_values: torch.Tensor, image_processor) -> list[float]:
+    """[x0, y0, x1, y1] of the pixels brighter than mid-grey in a processed (normalised) image."""
+    red = pixel_values[0] * image_processor.image_std[0] + image_processor.image_mean[0]  # (H, W)
+    ys, xs = torch.nonzero(red > 0.5, as_tuple=True)
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+@pytest.mark.parametrize(
+    "image_processor, expected",
+    [
+        # Resize 80x40 to 32x32: x * 0.4, y * 0.8.
+        (None, [16.0, 8.0, 28.0, 24.0]),
+        # ConvNeXT/ResNet: short side to int(32 / 0.875) = 36 (72x36), centre crop 32x32 at (20, 2).
+        (ConvNextImageProcessorPil(size={"shortest_edge": 32}), [16.0, 7.0, 32.0, 25.0]),
+        # CLIP: short side to 32 (64x32), centre crop 32x32 at (16, 0).
+        (CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), [16.0, 8.0, 32.0, 24.0]),
+    ],
+    ids=["resize", "convnext-crop-pct", "clip-center-crop"],
+)
+def test_boxes_land_on_their_objects_in_the_processed_frame(processor, tiny_tokenizer, image_processor, expected):
+    if image_processor is not None:
+        processor = SeeYouProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer)
+    box = [40, 10, 70, 30]
+    record = {"image": box_image((80, 40), box), "caption": "a star", "lang": "en", "image_id": "1", "boxes": [box]}
+    batch = SeeYouCollator(processor, return_boxes=True)([record, {**record, "boxes": None}])
+    torch.testing.assert_close(batch["boxes"][0], torch.tensor([expected]))
+    assert batch["boxes"][1].shape == (0, 4)
+    # The mapped box matches where the object actually is, up to a pixel of resampling blur.
+    region = bright_region(batch["pixel_values"][0], processor.image_processor)
+    np.testing.assert_allclose(region, expected, atol=1.0)
+
+
+def test_boxes_stay_off_by_default(processor):
+    assert "boxes" not in SeeYouCollator(processor)(records(2, boxes=[[0, 0, 5, 5]]))
+
+
+def test_return_boxes_refuses_augmentations_that_move_pixels(processor):
+    with pytest.raises(ValueError, match="PHOTOMETRIC_OPS"):
+        SeeYouCollator(processor, image_augment=RandAugment(), return_boxes=True)
+    with pytest.raises(ValueError, match="mixup"):
+        SeeYouCollator(processor, mixup=MixUp(), return_boxes=True)
+    SeeYouCollator(processor, image_augment=RandAugment(ops=PHOTOMETRIC_OPS), return_boxes=True)
+
+
+def test_image_augment_runs_before_processing(processor):
+    augment = RandAugment(num_ops=2, magnitude=10)
+    torch.manual_seed(0)
+    batch = SeeYouCollator(processor, image_augment=augment)(records(2))
+    torch.manual_seed(0)
+    expected = [augment(record["image"]) for record in records(2)]
+    torch.testing.assert_close(batch["pixel_values"], processor(images=expected)["pixel_values"])
+    assert not torch.allclose(batch["pixel_values"], processor(images=[r["image"] for r in records(2)])["pixel_values"])
+
+
+def test_text_augment_may_change_the_language(processor, tiny_tokenizer):
+    def to_french(caption, lang, image_id=None, generator=None):
+        return ("une étoile", "fr") if image_id == "100" else (caption, lang)
+
+    batch = SeeYouCollator(processor, text_augment=to_french)(records(2))
+    assert batch["lang"] == ["fr", "de"]
+    expected = tiny_tokenizer("une étoile")["input_ids"]
+    assert batch["input_ids"][0, : len(expected)].tolist() == expected
+
+
+def test_mixup_adds_soft_targets(processor):
+    torch.manual_seed(0)
+    plain = SeeYouCollator(processor)(records())
+    batch = SeeYouCollator(processor, mixup=MixUp(alpha=1.0))(records())
+    targets = batch["mixup_targets"]
+    assert targets.shape == (3, 3)
+    torch.testing.assert_close(targets.sum(-1), torch.ones(3))
+    # Each mixed image is the targets-weighted combination of the plain images.
+    torch.testing.assert_close(batch["pixel_values"], torch.einsum("ij,jchw->ichw", targets, plain["pixel_values"]))
+
+
+def test_collator_and_sampler_feed_a_dataloader(processor):
+    rows = records(6)
+    dataset = datasets.Dataset.from_list(
+        [{**row, "image_id": str(i // 2)} for i, row in enumerate(rows)]  # two captions per image
+    )
+    sampler = UniqueImageBatchSampler.from_dataset(dataset, batch_size=3, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=SeeYouCollator(processor))
+    batches = list(loader)
+    assert sum(len(batch["image_id"]) for batch in batches) == 6
+    for batch in batches:
+        assert len(set(batch["image_id"])) == len(batch["image_id"])
+        assert batch["pixel_values"].shape[1:] == (3, 32, 32)
