@@ -1,0 +1,242 @@
+"""Generating, caching and loading the scenes corpus as a `datasets.Dataset`.
+
+Splits (`SPLITS`): train draws only colour-shape combinations outside `HELD_OUT_COMBOS`; val and test draw from all
+combinations and force one held-out combination into 80 % of their images, so both measure compositional
+generalisation (val is a smaller test, fit for model selection without touching test).
+
+Within a split no two images share a caption in any language: image `i` is drawn from the generator of
+(seed, split, i, attempt) with attempt 0, 1, ... until its captions are new. Generation is therefore sequential
+(cheap), while rendering is parallel. The first `n` images of a split are the same for every `num_images >= n`.
+
+Rows are image x language, image-major. The images are PNG files in the cache folder, referenced by path from the
+`image` column (an `Image()` feature), so the ten captions of an image share one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from datasets import ClassLabel, Dataset, DatasetInfo, Features, Image, List, NamedSplit, Value
+from tqdm.auto import tqdm
+
+from .languages import LANGUAGES, TEMPLATES, get_language
+from .render import render_scene
+from .scene import HELD_OUT_COMBOS, SHAPES, Scene, sample_scene, scene_rng
+
+
+CORPUS_VERSION = 1
+"""Bumped whenever generation changes, so caches of older corpora are not reused."""
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a split is drawn: its default number of images and whether held-out combinations are excluded."""
+
+    num_images: int
+    held_out: str  # "exclude" or "include"
+
+
+SPLITS: dict[str, SplitSpec] = {
+    "train": SplitSpec(10_000, "exclude"),
+    "val": SplitSpec(500, "include"),
+    "test": SplitSpec(1_000, "include"),
+}
+
+FEATURES = Features(
+    {
+        "image": Image(),
+        "caption": Value("string"),
+        "lang": Value("string"),
+        "image_id": Value("string"),
+        "boxes": List(List(Value("float32"))),
+        "phrase": Value("string"),
+        "shapes": List(Value("string")),
+        "colours": List(Value("string")),
+        "sizes": List(Value("string")),
+        "object_boxes": List(List(Value("float32"))),
+        "label": ClassLabel(names=list(SHAPES)),
+        "held_out": Value("bool"),
+    }
+)
+"""Columns of every scenes dataset. `boxes` holds the box of the object `phrase` refers to; `shapes`, `colours`,
+`sizes` and `object_boxes` describe every object; `label` is the shape of the large object (zero-shot class);
+`held_out` says whether the image contains a colour-shape combination held out of training."""
+
+
+def _check_split(split: str) -> SplitSpec:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not a scenes split; choose from {sorted(SPLITS)}")
+    return SPLITS[split]
+
+
+@dataclass(frozen=True)
+class DrawnScene:
+    """A scene with its captions per language and the redraw attempt that produced it (it seeds the background)."""
+
+    scene: Scene
+    attempt: int
+    captions: dict[str, str]
+
+
+def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) -> list[DrawnScene]:
+    """Draws the scenes of a split with captions unique per language (see the module docstring)."""
+    spec = _check_split(split)
+    num_images = spec.num_images if num_images is None else num_images
+    languages = list(LANGUAGES.values())
+    seen: dict[str, set[str]] = {lang.code: set() for lang in languages}
+    scenes = []
+    for index in range(num_images):
+        for attempt in range(1000):
+            scene = sample_scene(scene_rng(seed, split, index, attempt), spec.held_out, len(TEMPLATES))
+            order = TEMPLATES[scene.template][0]
+            mentions = scene.caption_mentions(order)
+            captions = {lang.code: lang.render_caption(scene.template, mentions) for lang in languages}
+            if all(captions[code] not in seen[code] for code in seen):
+                break
+        else:
+            raise RuntimeError(f"image {index} of split {split!r} found no unused caption in 1000 draws")
+        for code, caption in captions.items():
+            seen[code].add(caption)
+        scenes.append(DrawnScene(scene, attempt, captions))
+    return scenes
+
+
+def scene_record(drawn: DrawnScene, image_size: int) -> dict:
+    """Language-independent columns of one image, plus its captions and phrases per language."""
+    scene = drawn.scene
+    return {
+        "captions": drawn.captions,
+        "phrases": {code: lang.phrase(scene.phrase) for code, lang in LANGUAGES.items()},
+        "boxes": [scene.objects[scene.referent].box(image_size)],
+        "shapes": [o.shape for o in scene.objects],
+        "colours": [o.colour for o in scene.objects],
+        "sizes": [o.size for o in scene.objects],
+        "object_boxes": [o.box(image_size) for o in scene.objects],
+        "label": scene.label,
+        "held_out": any(o.combo in HELD_OUT_COMBOS for o in scene.objects),
+    }
+
+
+def _render_chunk(job: tuple[list[tuple[int, Scene, int]], int, int, str, str]) -> int:
+    """Renders and saves one chunk of images (runs in a worker process)."""
+    items, image_size, seed, split, folder = job
+    for index, scene, attempt in items:
+        render_scene(scene, image_size, scene_rng(seed, split, index, attempt, stream=1)).save(os.path.join(folder, f"{index:05d}.png"), compress_level=1)
+    return len(items)
+
+
+def _render_all(scenes: list[DrawnScene], image_size: int, seed: int, split: str, folder: str, num_proc: int) -> None:
+    items = [(i, drawn.scene, drawn.attempt) for i, drawn in enumerate(scenes)]
+    chunk = 250
+    jobs = [(items[k : k + chunk], image_size, seed, split, folder) for k in range(0, len(items), chunk)]
+    progress = tqdm(total=len(items), desc=f"rendering scenes/{split}", unit="img", disable=len(items) < 2000)
+    if num_proc <= 1 or len(jobs) == 1:
+        for job in jobs:
+            progress.update(_render_chunk(job))
+    else:
+        with ProcessPoolExecutor(max_workers=num_proc) as pool:
+            for done in pool.map(_render_chunk, jobs):
+                progress.update(done)
+    progress.close()
+
+
+def default_cache_root() -> Path:
+    """`$SEEYOU_CACHE/scenes` when set, else `~/.cache/seeyou_ml/scenes`."""
+    root = os.environ.get("SEEYOU_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "seeyou_ml") / "scenes"
+
+
+def _build(folder: Path, split: str, num_images: int | None, image_size: int, seed: int, num_proc: int) -> None:
+    """Generates a split into `folder` atomically: built beside it, then renamed into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        scenes = generate_scenes(split, num_images, seed)
+        (staging / "images").mkdir()
+        _render_all(scenes, image_size, seed, split, str(staging / "images"), num_proc)
+        records = [scene_record(drawn, image_size) for drawn in scenes]
+        with open(staging / "records.json", "w", encoding="utf-8") as f:
+            json.dump({"version": CORPUS_VERSION, "split": split, "seed": seed, "image_size": image_size, "records": records}, f, ensure_ascii=False)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process finished first; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_scenes(
+    split: str = "train",
+    num_images: int | None = None,
+    image_size: int = 64,
+    languages: list[str] | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+) -> Dataset:
+    """The embedded multilingual scenes corpus, generated on first use and cached on disk.
+
+    Args:
+        split: `"train"`, `"val"` or `"test"`.
+        num_images: Images in the split; defaults to 10,000 / 500 / 1,000. A smaller number gives the first images
+            of the larger split.
+        image_size: Side of the square images in pixels, 64 to 128.
+        languages: ISO 639-1 codes to keep (default: all ten, en de fr es it pt ru zh ja ar).
+        seed: Seed of the corpus; everything is a pure function of it.
+        cache_dir: Folder holding generated corpora (default `$SEEYOU_CACHE/scenes` or `~/.cache/seeyou_ml/scenes`).
+        num_proc: Processes that render images (default: the CPU count, at most 4).
+
+    Returns:
+        A `Dataset` with one row per image and language and the columns of `FEATURES`.
+
+    Example:
+
+    ```python
+    >>> from seeyou_ml.data.scenes import load_scenes
+    >>> ds = load_scenes("test", num_images=8, languages=["en", "de"])
+    >>> ds[1]["lang"], ds[1]["image"].size
+    ('de', (64, 64))
+    ```
+    """
+    _check_split(split)
+    if not 64 <= image_size <= 128:
+        raise ValueError(f"image_size={image_size} is outside 64-128; the shapes are sized for that range")
+    if num_images is not None and num_images < 1:
+        raise ValueError(f"num_images={num_images}; ask for at least one image")
+    languages = list(LANGUAGES) if languages is None else list(languages)
+    for code in languages:
+        get_language(code)
+    key = json.dumps([CORPUS_VERSION, split, num_images, image_size, seed])
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    folder = folder / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+    if not (folder / "records.json").exists():
+        _build(folder, split, num_images, image_size, seed, num_proc or min(os.cpu_count() or 1, 4))
+    with open(folder / "records.json", encoding="utf-8") as f:
+        records = json.load(f)["records"]
+
+    columns: dict[str, list] = {name: [] for name in FEATURES}
+    label_index = {name: i for i, name in enumerate(SHAPES)}
+    for index, record in enumerate(records):
+        image = {"bytes": None, "path": str(folder / "images" / f"{index:05d}.png")}
+        for code in languages:
+            columns["image"].append(image)
+            columns["caption"].append(record["captions"][code])
+            columns["lang"].append(code)
+            columns["image_id"].append(f"scenes-{split}-{index:05d}")
+            columns["phrase"].append(record["phrases"][code])
+            columns["label"].append(label_index[record["label"]])
+            for name in ("boxes", "shapes", "colours", "sizes", "object_boxes", "held_out"):
+                columns[name].append(record[name])
+    # Columns are already in their Arrow form (image as {bytes, path}), so the table is built without per-row
+    # feature encoding, which dominates loading time at 100,000 rows.
+    table = pa.Table.from_pydict(columns, schema=FEATURES.arrow_schema)
+    return Dataset(table, info=DatasetInfo(features=FEATURES), split=NamedSplit(split))
