@@ -23,7 +23,7 @@ from fixtures_corpus import (
     write_lines,
     write_shard,
 )
-from seeyou_ml.data import CORPUS_FORMATS, ISO_639_1, CorpusReport, detect_format, load_corpus
+from seeyou_ml.data import CORPUS_FORMATS, ISO_639_1, CorpusReport, corpus_features, detect_format, load_corpus
 
 
 FLICKR8K_MULTI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "flickr8k-multi"
@@ -44,7 +44,7 @@ def test_captions_jsonl_one_row_per_caption_with_images_from_relative_paths(tmp_
     corpus, report = load_corpus("corpus", split="train", return_report=True)
 
     assert corpus.column_names == ["image", "caption", "lang", "image_id"]
-    assert isinstance(corpus.features["image"], datasets.Image)
+    assert corpus.features == corpus_features() and isinstance(corpus.features["image"], datasets.Image)
     assert rows(corpus)[:3] == [("0", "en", "a photo 0"), ("0", "en", "another photo 0"), ("0", "de", "ein Foto 0")]
     assert corpus.num_rows == 9
     image = corpus[3]["image"]
@@ -102,8 +102,9 @@ def test_imagefolder_metadata_jsonl(tmp_path):
 
 
 def test_imagefolder_metadata_csv_with_column_mapping(tmp_path):
-    corpus = load_corpus(imagefolder(tmp_path / "folder", csv=True), column_mapping={"text": "caption", "language": "lang"},
-                         cache_dir=str(tmp_path / "cache"))
+    root = imagefolder(tmp_path / "folder", csv=True)
+    mapping = {"text": "caption", "language": "lang"}
+    corpus = load_corpus(root, column_mapping=mapping, cache_dir=str(tmp_path / "cache"))
     assert rows(corpus) == [(f"img{i}", "fr", f"picture {i}") for i in range(3)]
 
 
@@ -215,7 +216,8 @@ def test_languages_filter_normalizes_codes(tmp_path):
 
 def test_region_subtags_map_to_the_language(tmp_path):
     write_image(tmp_path / "a.jpg")
-    write_lines(tmp_path / "train.jsonl", [{"image": "a.jpg", "captions": {"pt-BR": ["uma foto"], "zh_Hans": ["照片"]}}])
+    record = {"image": "a.jpg", "captions": {"pt-BR": ["uma foto"], "zh_Hans": ["照片"]}}
+    write_lines(tmp_path / "train.jsonl", [record])
     assert [row["lang"] for row in load_corpus(tmp_path)] == ["pt", "zh"]
 
 

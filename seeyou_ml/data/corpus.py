@@ -232,7 +232,8 @@ def _entry_reader(
     if format == "captions-jsonl":
         file = path if path.is_file() else path / f"{split}.jsonl"
         if not file.is_file():
-            raise ValueError(f"{file} does not exist; the splits here are {sorted(p.stem for p in root.glob('*.jsonl'))}.")
+            splits = sorted(p.stem for p in root.glob("*.jsonl"))
+            raise ValueError(f"{file} does not exist; the splits here are {splits}.")
         return lambda log: read_captions_jsonl(file, images or root, column_mapping, default_lang, log)
     if format == "karpathy":
         file = path if path.is_file() else next(iter(_karpathy_files(path)), path / "dataset_coco.json")
@@ -257,7 +258,10 @@ def _webdataset_shards(path_or_name, split: str) -> list[Path]:
         shards = sorted((path / split).glob("*.tar")) or sorted(path.glob(f"{split}*.tar"))
         if not shards:
             found = sorted(str(p.relative_to(path)) for p in path.glob("**/*.tar"))
-            raise ValueError(f"no shards for split {split!r} under {path} (looked for {split}/*.tar and {split}*.tar; found {found}).")
+            raise ValueError(
+                f"no shards for split {split!r} under {path} (looked for {split}/*.tar and {split}*.tar); "
+                f"the shards here are {found}."
+            )
         return shards
     shards = sorted(Path(p) for p in glob.glob(os.fspath(path_or_name)))
     if not shards:
@@ -375,9 +379,13 @@ def _collect(
     return dataset
 
 
+def _has_boxes(captions: list[CaptionEntry]) -> bool:
+    return any(caption.boxes is not None or caption.phrase is not None for caption in captions)
+
+
 def _to_dataset(kept: list[tuple[ImageEntry, list[CaptionEntry]]]) -> datasets.Dataset:
     # Arrow columns straight from lists: encoding example by example through Features costs seconds on 100k rows.
-    with_boxes = any(caption.boxes is not None or caption.phrase is not None for _, captions in kept for caption in captions)
+    with_boxes = any(_has_boxes(captions) for _, captions in kept)
     columns = {"path": [], "bytes": [], "caption": [], "lang": [], "image_id": [], "boxes": [], "phrase": []}
     for entry, captions in kept:
         path, data = entry.image if isinstance(entry.image, tuple) else (entry.image, None)
@@ -401,7 +409,7 @@ def _to_dataset(kept: list[tuple[ImageEntry, list[CaptionEntry]]]) -> datasets.D
 def _stream(open_entries: Callable[[SkipLog], Iterator[ImageEntry]], log: SkipLog, languages, verify: bool):
     probe = SkipLog(CorpusReport(log.report.source, log.report.format, log.report.split))
     first = next(iter(open_entries(probe)), None)
-    with_boxes = first is not None and any(c.boxes is not None or c.phrase is not None for c in first.captions)
+    with_boxes = first is not None and _has_boxes(first.captions)
 
     def generate():
         report = log.report

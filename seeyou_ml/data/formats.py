@@ -90,10 +90,8 @@ def expand_captions(record: dict, default_lang: str) -> list[CaptionEntry]:
     entries = []
     for text in _as_list(captions, key):
         if isinstance(text, dict):
-            entries.append(
-                CaptionEntry(text.get("lang") or lang, _as_text(text.get("caption")), _as_boxes(text.get("boxes")),
-                             text.get("phrase"))
-            )
+            boxes, phrase = _as_boxes(text.get("boxes")), text.get("phrase")
+            entries.append(CaptionEntry(text.get("lang") or lang, _as_text(text.get("caption")), boxes, phrase))
         else:
             entries.append(CaptionEntry(lang, _as_text(text)))
     if len(entries) == 1 and entries[0].boxes is None:
@@ -166,12 +164,16 @@ KARPATHY_SPLITS = {"train": ("train", "restval"), "restval": ("restval",), "val"
 def read_karpathy(file: Path, split: str, image_root: Path, default_lang: str, log: SkipLog) -> Iterator[ImageEntry]:
     """Reads a Karpathy split file; `split="train"` includes `restval`, as in the usual 113k-image COCO train."""
     if split not in KARPATHY_SPLITS:
-        raise ValueError(f"split {split!r} is not in the Karpathy splits of {file}; use one of {list(KARPATHY_SPLITS)}.")
+        raise ValueError(
+            f"split {split!r} is not in the Karpathy splits of {file}; use one of {list(KARPATHY_SPLITS)}."
+        )
     with open(file, encoding="utf-8") as handle:
         try:
             content = json.load(handle)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{file}, line {error.lineno}: not valid JSON ({error.msg}); repair or re-download the file.")
+            raise ValueError(
+                f"{file}, line {error.lineno}: not valid JSON ({error.msg}); repair or re-download the file."
+            ) from None
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
         raise ValueError(f"{file} has no 'images' list; a Karpathy split file looks like {{'images': [...]}}.")
     fix = 'Each image needs "filename", "split" and "sentences": [{"raw": "..."}]'
@@ -235,7 +237,8 @@ def read_multi30k(
                      captions=len(columns))
             continue
         captions = [
-            CaptionEntry(lang, lines[number - 1], file=str(path), line=number) for lang, (path, lines) in columns.items()
+            CaptionEntry(lang, lines[number - 1], file=str(path), line=number)
+            for lang, (path, lines) in columns.items()
         ]
         yield ImageEntry(str(image_root / name.strip()), Path(name.strip()).stem, captions, str(image_list), number)
 

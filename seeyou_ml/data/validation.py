@@ -114,7 +114,10 @@ class CorpusReport:
 
     def summary(self) -> str:
         """One line: what was kept and the skips per reason."""
-        kept = f"{self.source} [{self.format}, split {self.split!r}]: kept {self.captions} captions of {self.images} images"
+        kept = (
+            f"{self.source} [{self.format}, split {self.split!r}]: "
+            f"kept {self.captions} captions of {self.images} images"
+        )
         if not self.skipped:
             return kept + "; nothing skipped"
         reasons = ", ".join(
