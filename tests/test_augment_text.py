@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import datasets
 import pytest
 import torch
@@ -74,7 +76,23 @@ def test_synonym_tables_can_be_a_function_of_the_language():
 
     augment = SynonymReplacement(synonym_table, p=1.0)
     assert augment("Ein Hund.", "de") == ("Ein Köter.", "de")
-    assert augment("Un chien.", "fr") == ("Un chien.", "fr")
+    with pytest.warns(UserWarning, match="no synonym table for lang 'fr'"):
+        assert augment("Un chien.", "fr") == ("Un chien.", "fr")
+    # The missing table is remembered: no second warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert augment("Un chien.", "fr") == ("Un chien.", "fr")
+
+
+def test_scenes_synonym_tables_plug_in():
+    from seeyou_ml.data.scenes import synonym_table
+
+    en = synonym_table("en")
+    word, synonyms = next(iter(en.items()))
+    caption, lang = SynonymReplacement(synonym_table, p=1.0)(f"a {word} thing", "en")
+    assert lang == "en" and caption in {f"a {s} thing" for s in synonyms}
+    with pytest.warns(UserWarning, match="'cs'"):
+        assert SynonymReplacement(synonym_table, p=1.0)("pes", "cs") == ("pes", "cs")
 
 
 def test_back_translation_picks_a_caption_of_the_same_image_in_another_language():

@@ -88,8 +88,8 @@ class SynonymReplacement:
     Args:
         tables (`Mapping[str, Mapping[str, Sequence[str]]]` or `Callable[[str], Mapping[str, Sequence[str]]]`):
             Synonyms per language, `tables[lang][word] -> [synonym, ...]`, or a function of the language such as
-            `seeyou_ml.data.scenes.synonym_table` (returning an empty table or raising `KeyError` for languages it
-            does not cover).
+            `seeyou_ml.data.scenes.synonym_table` (languages it returns no table for, or raises `KeyError`/`ValueError`
+            on, keep their captions, with one warning per language).
         p (`float`, *optional*, defaults to 0.3): Probability that each matched word is replaced.
         languages_without_spaces (`Collection[str]`, *optional*): Languages matched by substring.
 
@@ -124,7 +124,10 @@ class SynonymReplacement:
         if callable(self.tables):
             try:
                 return self.tables(lang) or {}
-            except KeyError:
+            except (KeyError, ValueError) as error:
+                # A table source that does not cover a language (e.g. the scenes tables on a Flickr corpus) leaves
+                # that language's captions as they are rather than stopping the epoch.
+                warnings.warn(f"SynonymReplacement: no synonym table for lang {lang!r} ({error}); left unchanged.")
                 return {}
         return self.tables.get(lang) or {}
 
