@@ -15,4 +15,4 @@ from .augment import (
 from .collator import SeeYouCollator
 from .corpus import CORPUS_FORMATS, corpus_features, detect_format, load_corpus
 from .samplers import UniqueImageBatchSampler
-from .validation import ISO_639_1, CorpusIssue, CorpusReport
+from .validation import ISO_639_1, CorpusIssue, CorpusReport, normalize_lang
