@@ -312,7 +312,7 @@ def test_skips_are_counted_per_reason_in_one_summary(tmp_path, caplog):
     )
 
 
-def test_the_same_image_is_checked_once_and_shared_by_its_lines(tmp_path):
+def test_a_bad_image_skips_every_line_that_names_it(tmp_path):
     write_garbage(tmp_path / "bad.jpg")
     write_lines(tmp_path / "train.jsonl", [{"image": "bad.jpg", "caption": "x"}, {"image": "bad.jpg", "caption": "y"}])
     _, report = load_corpus(tmp_path, return_report=True)
