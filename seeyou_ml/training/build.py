@@ -28,10 +28,16 @@ def build_model_and_processor(config: ModelConfig) -> tuple[SeeYouModel, SeeYouP
         if config.preset != "tiny":
             raise ValueError(f"model.preset={config.preset!r} is unknown; use `tiny`, or null with model.vision and "
                              "model.text naming checkpoints.")
-        from ..data.tokenizer import scenes_tokenizer
         from ..presets import tiny_config, tiny_processor
 
-        tokenizer = scenes_tokenizer()
+        if config.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
+        else:
+            from ..data.tokenizer import scenes_tokenizer
+
+            tokenizer = scenes_tokenizer()
         preset = dict(config.preset_kwargs)
         model_config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **preset,
                                    **config.config_overrides)

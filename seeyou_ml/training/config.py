@@ -72,7 +72,10 @@ class ModelConfig:
     )
     vision: Optional[str] = field(default=None, metadata={"help": "Vision checkpoint, e.g. microsoft/resnet-50."})
     text: Optional[str] = field(default=None, metadata={"help": "Text checkpoint, e.g. xlm-roberta-base."})
-    tokenizer: Optional[str] = field(default=None, metadata={"help": "Tokenizer to load; null = the text checkpoint."})
+    tokenizer: Optional[str] = field(
+        default=None,
+        metadata={"help": "Tokenizer to load; null = the text checkpoint's (the scenes tokenizer for `tiny`)."},
+    )
     image_processor: Optional[str] = field(
         default=None, metadata={"help": "Image processor to load; null = the vision checkpoint."}
     )

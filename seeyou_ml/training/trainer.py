@@ -305,11 +305,13 @@ class Trainer:
                    disable=not (accelerator.is_main_process and recipe.monitor.progress_bar))
         started, start_step = time.perf_counter(), self.step
         while self.step < total_steps:
-            self.batch_sampler.set_epoch(self.epoch)
             self.collate.epoch = self.epoch
             loader = self.loader
             if self.batch_in_epoch:
                 loader = accelerator.skip_first_batches(self.loader, self.batch_in_epoch)
+            # Accelerate's loaders set their own iteration count as the sampler's epoch when iterated; align it.
+            loader.set_epoch(self.epoch)
+            self.batch_sampler.set_epoch(self.epoch)
             for batch in loader:
                 if self.stages.apply(self.step):
                     bar.set_description(self.stages.name)

@@ -1,0 +1,109 @@
+"""Per-tower AdamW groups and the staged warmup-cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seeyou_ml.training.config import OptimConfig, StageConfig
+from seeyou_ml.training.optim import (
+    StagedCosineSchedule,
+    build_optimizer,
+    build_param_groups,
+    stage_table,
+)
+from training_fixtures import tiny_model
+
+
+@pytest.fixture()
+def model(tiny_tokenizer):
+    return tiny_model(len(tiny_tokenizer))
+
+
+def test_groups_split_towers_and_leave_norms_biases_and_logit_scale_undecayed(model):
+    config = OptimConfig(lr=1e-4, vision_lr=2e-4, head_lr=1e-3, weight_decay=0.2)
+    groups = {g["name"]: g for g in build_param_groups(model, config)}
+    assert set(groups) == {f"{t}/{d}" for t in ("vision", "text", "head") for d in ("decay", "no_decay")}
+    ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
+
+    assert {id(p) for p in model.vision_model.parameters()} == ids["vision/decay"] | ids["vision/no_decay"]
+    assert {id(p) for p in model.text_model.parameters()} == ids["text/decay"] | ids["text/no_decay"]
+    assert id(model.logit_scale) in ids["head/no_decay"]
+    assert id(model.visual_projection.weight) in ids["head/decay"]
+    assert sum(len(v) for v in ids.values()) == len(list(model.parameters()))
+
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
+    assert norms and all(id(p) not in ids["vision/decay"] | ids["text/decay"] for m in norms for p in m.parameters())
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    assert biases and all(id(p) not in set().union(ids["vision/decay"], ids["text/decay"], ids["head/decay"])
+                          for p in biases)
+    assert all(p.ndim >= 2 for name in ("vision/decay", "text/decay", "head/decay") for p in groups[name]["params"])
+
+    assert groups["vision/decay"]["lr"] == 2e-4 and groups["text/decay"]["lr"] == 1e-4
+    assert groups["head/no_decay"]["lr"] == 1e-3
+    assert groups["text/decay"]["weight_decay"] == 0.2 and groups["text/no_decay"]["weight_decay"] == 0.0
+
+
+def test_groups_need_the_towers_by_name():
+    with pytest.raises(ValueError, match="no `vision_model` module"):
+        build_param_groups(torch.nn.Linear(2, 2), OptimConfig())
+
+
+def _rates(config, stages, steps):
+    model = torch.nn.Module()
+    model.vision_model, model.text_model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    model.logit_scale = torch.nn.Parameter(torch.tensor(0.0))
+    optimizer = build_optimizer(model, config)
+    schedule = StagedCosineSchedule(optimizer, stage_table(config, stages), config.min_lr_ratio)
+    rates = []
+    for _ in range(steps):
+        rates.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine():
+    config = OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
+    rates = [r["text/decay"] for r in _rates(config, [StageConfig(steps=14)], 16)]
+    assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    expected = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / 10)) for i in range(10)]
+    assert rates[4:14] == pytest.approx(expected)
+    assert rates[14:] == pytest.approx([0.1, 0.1])  # after the last stage the floor holds
+
+
+def test_stages_restart_warmup_with_their_own_rates_and_freeze_to_zero():
+    config = OptimConfig(lr=1.0, head_lr=2.0, warmup_steps=2)
+    stages = [StageConfig(name="lit", steps=4, freeze=["vision"], text_lr=0.1),
+              StageConfig(name="joint", steps=4, warmup_steps=1)]
+    rates = _rates(config, stages, 8)
+    assert [r["vision/decay"] for r in rates[:4]] == [0.0] * 4
+    assert [r["text/decay"] for r in rates[:4]] == pytest.approx([0.05, 0.1, 0.1, 0.05])
+    assert [r["head/no_decay"] for r in rates[:2]] == pytest.approx([1.0, 2.0])
+    # joint: one warmup step, then cos over the 3 remaining steps: 1, 0.75, 0.25
+    assert [r["vision/decay"] for r in rates[4:]] == pytest.approx([1.0, 1.0, 0.75, 0.25])
+    assert rates[4]["text/decay"] == 1.0
+
+
+def test_schedule_state_round_trips():
+    config = OptimConfig(lr=1.0, warmup_steps=2)
+    model = torch.nn.Module()
+    model.vision_model, model.text_model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(model, config)
+    schedule = StagedCosineSchedule(optimizer, stage_table(config, [StageConfig(steps=10)]))
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    other_optimizer = build_optimizer(model, config)
+    other = StagedCosineSchedule(other_optimizer, stage_table(config, [StageConfig(steps=10)]))
+    other.load_state_dict(schedule.state_dict())
+    assert other.last_epoch == 3 and other.get_lr() == schedule.get_lr()
+
+
+def test_bad_stages_are_refused():
+    with pytest.raises(ValueError, match="freezes \\['image'\\]"):
+        stage_table(OptimConfig(), [StageConfig(freeze=["image"])])
+    with pytest.raises(ValueError, match="at least one step"):
+        stage_table(OptimConfig(), [StageConfig(steps=0)])
