@@ -142,8 +142,9 @@ class RandAugment:
             carry boxes.
         fill (`tuple[int, int, int]`, *optional*, defaults to `(128, 128, 128)`):
             RGB colour of the area uncovered by rotations, shears and translations.
-        resample (`int`, *optional*, defaults to `PIL.Image.BILINEAR`):
-            PIL resampling filter of the geometric operations.
+        resample (`int`, *optional*, defaults to `PIL.Image.NEAREST`):
+            PIL resampling filter of the geometric operations. Nearest, as in torchvision's RandAugment: PIL's
+            bilinear affine transform costs about 14x more (1.7 ms against 0.12 ms on a 160 px image).
 
     Example:
 
@@ -166,7 +167,7 @@ class RandAugment:
         max_magnitude: float = 10.0,
         ops: Sequence[str] | None = None,
         fill: tuple[int, int, int] = (128, 128, 128),
-        resample: int = Image.BILINEAR,
+        resample: int = Image.NEAREST,
     ):
         ops = tuple(RANDAUGMENT_OPS if ops is None else ops)
         unknown = [op for op in ops if op not in _OPS]
