@@ -19,6 +19,7 @@ COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), 
 SHAPES = ("circle", "square")
 PLACES = ("left", "right", "above")
 IMAGE_SIZE = 32
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_records(num_images: int = 24, languages: tuple[str, ...] = ("en",)) -> list[dict]:
@@ -88,3 +89,45 @@ def make_trainer(recipe: TrainingRecipe, tokenizer, records: list[dict], model: 
         accelerator=kwargs.pop("accelerator", None) or make_accelerator(recipe),
         **kwargs,
     )
+
+
+def write_corpus(folder: Path, records: list[dict], split: str = "train") -> Path:
+    """Writes `records` as a captions-jsonl corpus (`<split>.jsonl` + PNG images) that `load_corpus` reads."""
+    import json
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    by_image: dict[str, dict] = {}
+    for record in records:
+        entry = by_image.setdefault(record["image_id"], {"image_id": record["image_id"],
+                                                         "image": f"images/{record['image_id']}.png",
+                                                         "captions": {}})
+        if not (folder / entry["image"]).exists():
+            record["image"].save(folder / entry["image"])
+        entry["captions"].setdefault(record["lang"], []).append(record["caption"])
+    with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+        for entry in by_image.values():
+            f.write(json.dumps(entry) + "\n")
+    return folder
+
+
+def file_recipe(tmp_path: Path, tokenizer, records: list[dict], **sections) -> dict:
+    """A recipe as plain data whose corpus and tokenizer live in files, for `recipes/train.py`."""
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    corpus = write_corpus(tmp_path / "corpus", records)
+    data = {
+        "name": "test",
+        "output_dir": str(tmp_path / "out"),
+        "mixed_precision": "no",
+        "data": {"corpus": str(corpus), "corpus_kwargs": {"format": "captions-jsonl", "num_threads": 1},
+                 "batch_size": 8, "eval_split": None},
+        "model": {"preset": "tiny", "tokenizer": str(tmp_path / "tokenizer"), "freeze_batchnorm": True,
+                  "preset_kwargs": {"image_size": IMAGE_SIZE, "projection_dim": 16, "vision_widths": [8, 16],
+                                    "vision_depths": [1, 1], "text_hidden_size": 32, "max_text_length": 32}},
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "stages": [{"steps": 4}],
+        "monitor": {"report_to": None, "progress_bar": False, "collapse_every": 0},
+        "checkpoint": {"save_every": 0},
+    }
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    return data

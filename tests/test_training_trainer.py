@@ -1,0 +1,129 @@
+"""The training loop: exact resume, 2 processes = 1 process, stages and late loss terms, the output directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModel
+
+import seeyou_ml  # noqa: F401  (registers the Auto classes)
+from seeyou_ml import SeeYouProcessor
+from seeyou_ml.training.build import build_trainer
+from seeyou_ml.training.config import TrainingRecipe
+from seeyou_ml.training.objectives import LOSS_TERMS, register_loss_term
+from training_fixtures import REPO_ROOT, file_recipe, make_records, make_trainer, tiny_model, tiny_recipe
+
+
+def test_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly(tmp_path, tiny_tokenizer):
+    records = make_records(24)  # 3 batches of 8 per epoch
+    sections = dict(
+        stages=[{"name": "lit", "steps": 5, "freeze": ["vision"]}, {"name": "joint", "steps": 2}],
+        data={"batch_size": 8, "eval_split": None, "sub_batch_size": 4},
+        checkpoint={"save_every": 4, "keep_last": 2},
+    )
+    full = make_trainer(tiny_recipe(tmp_path / "full", **sections), tiny_tokenizer, records, text_dropout=0.1)
+    uninterrupted = full.train()
+    checkpoint = tmp_path / "full" / "checkpoints" / "step-00000004"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["batch_in_epoch"] == 1  # mid-epoch
+
+    # A new process state: other initial weights and random state, everything restored from the checkpoint.
+    torch.manual_seed(1234)
+    resumed_trainer = make_trainer(
+        tiny_recipe(tmp_path / "resumed", resume_from=str(checkpoint), **sections), tiny_tokenizer, records,
+        model=tiny_model(len(tiny_tokenizer), seed=99, text_dropout=0.1),
+    )
+    resumed = resumed_trainer.train()
+    assert [step for step, _ in resumed.losses] == [4, 5, 6]
+    assert resumed.losses == uninterrupted.losses[4:]  # exactly, dropout and the stage change included
+    for (name, a), b in zip(full.unwrapped.state_dict().items(), resumed_trainer.unwrapped.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_tokenizer):
+    data = file_recipe(tmp_path, tiny_tokenizer, make_records(20), data={"sub_batch_size": 2})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO_ROOT / "recipes" / "train.py"), "--config", str(tmp_path / "recipe.yaml")]
+    done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Trained 4 steps" in done.stdout
+    two = [json.loads(line)["loss"] for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
+
+    # One process, one pass over the whole batch (no sub-batches): the same losses.
+    single = TrainingRecipe.from_dict({**data, "output_dir": str(tmp_path / "single"),
+                                       "data": {**data["data"], "sub_batch_size": None}})
+    one = [loss for _, loss in build_trainer(single).train().losses]
+    assert len(two) == len(one) == 4
+    assert max(abs(a - b) for a, b in zip(one, two)) <= 1e-5
+    assert one[0] != one[-1]
+
+
+@pytest.fixture()
+def constant_term():
+    register_loss_term("test_constant_loss")(lambda outputs, batch, model: outputs["image_embeds"].sum() * 0 + 1.0)
+    yield
+    LOSS_TERMS.pop("test_constant_loss")
+
+
+def test_frozen_stage_and_late_loss_term(tmp_path, tiny_tokenizer, constant_term):
+    recipe = tiny_recipe(
+        tmp_path, stages=[{"name": "lit", "steps": 2, "freeze": ["vision"]}, {"name": "joint", "steps": 2}],
+        losses={"contrastive_loss": {}, "test_constant_loss": {"weight": 0.5, "start_step": 3}},
+    )
+    trainer = make_trainer(recipe, tiny_tokenizer, make_records(16))
+    vision = trainer.unwrapped.vision_model
+    initial = {k: v.clone() for k, v in vision.state_dict().items()}
+    after_stage_one = {}
+    step = trainer.training_step
+
+    def recording_step(batch):
+        if trainer.step == 2:
+            after_stage_one.update({k: v.clone() for k, v in vision.state_dict().items()})
+        return step(batch)
+
+    trainer.training_step = recording_step
+    trainer.train()
+    # Locked: weights and BatchNorm statistics unchanged through stage one, both moving in stage two.
+    assert all(torch.equal(initial[k], after_stage_one[k]) for k in initial)
+    assert not torch.equal(initial["embedder.embedder.convolution.weight"], vision.embedder.embedder.convolution.weight)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert ["test_constant_loss" in h for h in history] == [False, False, False, True]
+    assert history[3]["loss"] == pytest.approx(history[3]["contrastive_loss"] + 0.5)
+    assert history[2]["loss"] == history[2]["contrastive_loss"]
+
+
+def test_output_directory_holds_model_processor_recipe_results_and_logs(tmp_path, tiny_tokenizer):
+    calls = []
+
+    def evaluate(model, processor, dataset, batch_size):
+        calls.append((model.training, len(dataset), batch_size))
+        return {"en": {"image_to_text/R@1": 0.5, "text_to_image/R@1": 0.25}}
+
+    recipe = tiny_recipe(tmp_path, stages=[{"steps": 2}], monitor={"report_to": "tensorboard", "log_every": 1,
+                                                                   "collapse_every": 1, "progress_bar": False},
+                         eval={"embed_batch_size": 5})
+    trainer = make_trainer(recipe, tiny_tokenizer, make_records(16), eval_dataset=make_records(4),
+                           evaluate_fn=evaluate)
+    output = trainer.train()
+
+    assert calls == [(False, 4, 5)]
+    assert output.metrics == {"en": {"image_to_text/R@1": 0.5, "text_to_image/R@1": 0.25}}
+    results = json.loads((tmp_path / "retrieval_results.json").read_text())
+    assert results == {"step": 2, **output.metrics}
+    assert TrainingRecipe.from_yaml(tmp_path / "recipe.yaml") == recipe
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == "SeeYouModel"
+    for (name, a), b in zip(trainer.unwrapped.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    processor = SeeYouProcessor.from_pretrained(tmp_path)
+    assert processor.tokenizer("a red circle")["input_ids"] == tiny_tokenizer("a red circle")["input_ids"]
+    events = [p for p in tmp_path.rglob("events.out.tfevents.*")]
+    assert events and events[0].stat().st_size > 0
