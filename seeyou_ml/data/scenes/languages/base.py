@@ -46,9 +46,44 @@ class Language(ABC):
     def synonyms(self) -> dict[str, list[str]]:
         """Surface word or phrase -> replacements with the same meaning and the same grammatical form."""
 
+    def words(self, text: str) -> list[str]:
+        """`text` cut into words; languages written without spaces override this (tokenizer training uses it)."""
+        return text.split()
+
     def render_caption(self, template: int, mentions: list[Mention]) -> str:
         order, counted = TEMPLATES[template]
         return self.caption(order, counted, mentions)
+
+
+class UnspacedLanguage(Language):
+    """A language written without spaces between words; `words` cuts text at the words of its own tables."""
+
+    FUNCTION_WORDS: tuple[str, ...] = ()
+
+    def lexicon(self) -> set[str]:
+        """Every word the language's tables and function words contain."""
+        words = set(self.FUNCTION_WORDS)
+        for table in (getattr(self, name) for name in ("NOUNS", "COLOURS", "SIZES", "ORDER", "NUMBERS", "RELATION")):
+            words.update(table.values())
+        return words
+
+    def words(self, text: str) -> list[str]:
+        """Greedy longest match against `lexicon()`; characters outside it stay together as one word."""
+        lexicon = self.lexicon()
+        longest = max(map(len, lexicon))
+        words, pending, i = [], "", 0
+        while i < len(text):
+            match = next((text[i : i + n] for n in range(longest, 0, -1) if text[i : i + n] in lexicon), None)
+            if match is None:
+                pending += text[i]
+                i += 1
+                continue
+            if pending:
+                words.append(pending)
+                pending = ""
+            words.append(match)
+            i += len(match)
+        return words + ([pending] if pending else [])
 
 
 def join_list(items: list[str], comma: str, conjunction: str) -> str:

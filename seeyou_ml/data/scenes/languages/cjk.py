@@ -9,11 +9,12 @@ and a relation is a relative clause: 青い正方形の左にある赤い円.
 from __future__ import annotations
 
 from ..scene import Mention, Phrase
-from .base import Language, join_list
+from .base import UnspacedLanguage, join_list
 
 
-class Chinese(Language):
+class Chinese(UnspacedLanguage):
     code = "zh"
+    FUNCTION_WORDS = ("一个", "图中有", "个", "图形", "依次是", "的", "和", "、", "，", "。", "一张", "有", "图片", "最大的", "是")
     NOUNS = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形", "cross": "十字形", "diamond": "菱形"}
     COLOURS = {
         "red": "红色", "orange": "橙色", "yellow": "黄色", "green": "绿色",
@@ -58,8 +59,9 @@ class Chinese(Language):
         }
 
 
-class Japanese(Language):
+class Japanese(UnspacedLanguage):
     code = "ja"
+    FUNCTION_WORDS = ("図形", "が", "あります", "です", "並んでいます", "の", "にある", "と", "、", "。", "いちばん", "大きい", "がある", "画像", "は")
     NOUNS = {"circle": "円", "square": "正方形", "triangle": "三角形", "star": "星", "cross": "十字", "diamond": "ひし形"}
     COLOURS = {
         "red": "赤い", "orange": "オレンジ色の", "yellow": "黄色い", "green": "緑の",
