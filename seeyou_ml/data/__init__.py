@@ -15,4 +15,6 @@ from .augment import (
 from .collator import SeeYouCollator
 from .corpus import CORPUS_FORMATS, corpus_features, detect_format, load_corpus
 from .samplers import UniqueImageBatchSampler
+from .scenes import class_prompts, load_scenes, synonym_table
+from .tokenizer import scenes_tokenizer, train_sentencepiece_tokenizer
 from .validation import ISO_639_1, CorpusIssue, CorpusReport, normalize_lang
