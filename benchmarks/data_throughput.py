@@ -10,8 +10,10 @@ split), so the rates compare side by side:
   the image (p=0.5) and synonym replacement (p=0.3, the scenes tables; languages without one pass through).
 
 Each pipeline runs through a `torch.utils.data.DataLoader` with 0 and 2 worker processes (worker start-up
-included). All rows are measured in alternating rounds (`--repeats`), each row keeping its best round; the ratio
-column is `samples/s / PIL decode samples/s`.
+included). All rows are measured in alternating rounds (`--repeats`), each row keeping its best round. Two ratios
+against PIL decode: wall-clock samples/s, and CPU time per sample summed over the main process and its workers.
+On a shared machine the second is the steadier one: other jobs' load slows the wall clock, not the CPU a sample
+costs.
 
 Usage:
     python benchmarks/data_throughput.py [--data ../shared/data/flickr8k-multi] [--batch-size 64] [--num-batches 24]
@@ -20,8 +22,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -45,17 +50,40 @@ from seeyou_ml.presets import tiny_processor
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k-multi"
 
 
-def pil_decode_rate(paths: list[str], image_size: int) -> float:
-    """Images per second for open + convert RGB + resize, in this process."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (DataLoader workers are joined when exhausted)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Measurement:
+    """Samples per second of wall time, and CPU milliseconds per sample over all processes involved."""
+
+    samples_per_s: float
+    cpu_ms_per_sample: float
+
+    @classmethod
+    def of(cls, samples: int, wall_s: float, cpu_s: float) -> Measurement:
+        return cls(samples / wall_s, 1e3 * cpu_s / samples)
+
+    def best(self, other: Measurement | None) -> Measurement:
+        if other is None:
+            return self
+        return Measurement(max(self.samples_per_s, other.samples_per_s), min(self.cpu_ms_per_sample, other.cpu_ms_per_sample))
+
+
+def pil_decode(paths: list[str], image_size: int) -> Measurement:
+    """Open + convert RGB + resize, one image at a time in this process."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
     for path in tqdm(paths, desc="PIL decode", leave=False):
         with Image.open(path) as image:
             image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-    return len(paths) / (time.perf_counter() - start)
+    return Measurement.of(len(paths), time.perf_counter() - wall, cpu_seconds() - cpu)
 
 
-def loader_rate(dataset, batches: list[list[int]], collator: SeeYouCollator, num_workers: int, desc: str) -> float:
-    """Samples per second through a DataLoader over fixed batches, worker start-up included."""
+def through_loader(dataset, batches: list[list[int]], collator: SeeYouCollator, num_workers: int, desc: str) -> Measurement:
+    """A DataLoader over fixed batches, worker start-up and shutdown included."""
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
@@ -64,10 +92,10 @@ def loader_rate(dataset, batches: list[list[int]], collator: SeeYouCollator, num
         generator=torch.Generator().manual_seed(0),
     )
     samples = 0
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     for batch in tqdm(loader, total=len(batches), desc=desc, leave=False):
         samples += batch["input_ids"].shape[0]
-    return samples / (time.perf_counter() - start)
+    return Measurement.of(samples, time.perf_counter() - wall, cpu_seconds() - cpu)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,13 +142,13 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="SynonymReplacement: no synonym table")
     # Rounds alternate over all rows and each keeps its best, so a burst of load elsewhere on a shared machine
     # does not land on one row only.
-    decode_rate, rates = 0.0, {}
+    decode, measured = None, {}
     for _ in range(args.repeats):
-        decode_rate = max(decode_rate, pil_decode_rate(paths, args.image_size))
+        decode = pil_decode(paths, args.image_size).best(decode)
         for name, collator in pipelines.items():
             for workers in args.workers:
-                rate = loader_rate(dataset, batches, collator, workers, f"{name}, {workers} workers")
-                rates[(name, workers)] = max(rates.get((name, workers), 0.0), rate)
+                result = through_loader(dataset, batches, collator, workers, f"{name}, {workers} workers")
+                measured[(name, workers)] = result.best(measured.get((name, workers)))
 
     print(
         f"flickr8k-multi {args.split}: {len(dataset):,} captions of {len(caption_index):,} images "
@@ -129,14 +157,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"{len(paths):,} samples in {len(batches)} batches of {args.batch_size}, processor at {args.image_size} px, "
-        f"{torch.get_num_threads()} torch threads\n"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n"
     )
-    print(f"| {'pipeline':<20} | {'workers':>7} | {'samples/s':>9} | {'vs PIL decode':>13} |")
-    print(f"|{'-' * 22}|{'-' * 9}|{'-' * 11}|{'-' * 15}|")
-    print(f"| {'PIL decode':<20} | {0:>7} | {decode_rate:>9.0f} | {1.0:>12.2f}x |")
-    for (name, workers), rate in rates.items():
-        print(f"| {name:<20} | {workers:>7} | {rate:>9.0f} | {rate / decode_rate:>12.2f}x |")
-
+    rows = {("PIL decode", 0): decode, **measured}
+    width = max(len(name) for name, _ in rows)
+    header = ("pipeline".ljust(width), "workers", "samples/s", "vs decode", "CPU ms/sample", "CPU vs decode")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("-" * (len(h) + 2) for h in header) + "|")
+    for (name, workers), result in rows.items():
+        print(
+            f"| {name:<{width}} | {workers:>7} | {result.samples_per_s:>9.0f} | "
+            f"{result.samples_per_s / decode.samples_per_s:>8.2f}x | {result.cpu_ms_per_sample:>13.2f} | "
+            f"{result.cpu_ms_per_sample / decode.cpu_ms_per_sample:>12.2f}x |"
+        )
 
 if __name__ == "__main__":
     main()
