@@ -9,6 +9,7 @@ the embedded default) or two Hub checkpoints (e.g. `microsoft/resnet-50` + `xlm-
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Optional
 
 from accelerate import Accelerator
@@ -22,19 +23,24 @@ from .trainer import Trainer, make_accelerator
 logger = logging.getLogger(__name__)
 
 
-def build_model_and_processor(config: ModelConfig) -> tuple[SeeYouModel, SeeYouProcessor]:
-    """The model and processor a recipe's model section names (call `set_seed` first for a reproducible init)."""
+def build_model_and_processor(config: ModelConfig, tokenizer: Any = None) -> tuple[SeeYouModel, SeeYouProcessor]:
+    """The model and processor a recipe's model section names (call `set_seed` first for a reproducible init).
+
+    Args:
+        config: the recipe's model section.
+        tokenizer: for the `tiny` preset, a tokenizer to use instead of `config.tokenizer` or the scenes one.
+    """
     if config.preset is not None:
         if config.preset != "tiny":
             raise ValueError(f"model.preset={config.preset!r} is unknown; use `tiny`, or null with model.vision and "
                              "model.text naming checkpoints.")
         from ..presets import tiny_config, tiny_processor
 
-        if config.tokenizer:
+        if tokenizer is None and config.tokenizer:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
-        else:
+        elif tokenizer is None:
             from ..data.tokenizer import scenes_tokenizer
 
             tokenizer = scenes_tokenizer()
@@ -102,15 +108,40 @@ def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
     return sampler
 
 
+def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerator) -> Any:
+    """The SentencePiece tokenizer of `model.tokenizer_vocab_size` trained on `train`'s captions, or None.
+
+    The main process trains it (deterministically) into `<output_dir>/tokenizer`; the others, and resumed runs, load
+    it from there, so every process and every restart uses the same vocabulary.
+    """
+    if recipe.model.tokenizer_vocab_size is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from ..data.samplers import read_columns
+    from ..data.tokenizer import train_sentencepiece_tokenizer
+
+    folder = Path(recipe.output_dir) / "tokenizer"
+    with accelerator.main_process_first():
+        if not (folder / "tokenizer_config.json").exists():
+            captions = read_columns(train, ["caption"])["caption"]
+            logger.warning(f"Training a {recipe.model.tokenizer_vocab_size}-piece SentencePiece tokenizer on "
+                           f"{len(captions)} captions into {folder}.")
+            train_sentencepiece_tokenizer(captions, vocab_size=recipe.model.tokenizer_vocab_size).save_pretrained(
+                folder)
+        return AutoTokenizer.from_pretrained(folder)
+
+
 def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = None) -> Trainer:
     """A [`Trainer`] with everything the recipe names built (model, processor, corpora, collator, sampler)."""
     accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
-    set_seed(recipe.seed)
-    model, processor = build_model_and_processor(recipe.model)
     with accelerator.main_process_first():
         # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
         train = load_split(recipe.data, recipe.data.train_split)
         evaluation = load_split(recipe.data, recipe.data.eval_split) if recipe.data.eval_split else None
+    tokenizer = corpus_tokenizer(recipe, train, accelerator)
+    set_seed(recipe.seed)
+    model, processor = build_model_and_processor(recipe.model, tokenizer)
     return Trainer(
         recipe,
         model=model,
@@ -123,4 +154,11 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
     )
 
 
-__all__ = ["build_batch_sampler", "build_collator", "build_model_and_processor", "build_trainer", "load_split"]
+__all__ = [
+    "build_batch_sampler",
+    "build_collator",
+    "build_model_and_processor",
+    "build_trainer",
+    "corpus_tokenizer",
+    "load_split",
+]

@@ -55,7 +55,10 @@ class DataConfig:
     augment: dict = field(
         default_factory=dict, metadata={"help": "Keyword arguments of the collator's augmentations (see its docs)."}
     )
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers (0 keeps resumed runs exact)."})
+    num_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
+                                     "runs stay exact with workers too)."}
+    )
 
 
 @dataclass
@@ -75,6 +78,11 @@ class ModelConfig:
     tokenizer: Optional[str] = field(
         default=None,
         metadata={"help": "Tokenizer to load; null = the text checkpoint's (the scenes tokenizer for `tiny`)."},
+    )
+    tokenizer_vocab_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "`tiny` preset only: train a SentencePiece tokenizer of this size on the training captions "
+                          "(kept in <output_dir>/tokenizer and reused on resume) instead of the scenes tokenizer."},
     )
     image_processor: Optional[str] = field(
         default=None, metadata={"help": "Image processor to load; null = the vision checkpoint."}
