@@ -128,7 +128,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         self.text_projection = build_projection(config.text_config.hidden_size, config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         # Read by `_set_gradient_checkpointing`; the ResNet tower, which has no checkpointing of its own, is
-        # checkpointed stage by stage when it is set.
+        # checkpointed block by block through its stages when it is set.
         self.gradient_checkpointing = False
         self.post_init()
 

@@ -3,7 +3,7 @@
 A tower is the plain `AutoModel` of its config, so pretrained checkpoints load into it unchanged. This module owns
 what differs between backbones: how a tower is built, how wide its output is, how its output becomes one vector
 (text poolers are picked from a small registry, as OpenCLIP's `hf_model.py` does) and how a ResNet, which has no
-gradient checkpointing of its own, is checkpointed stage by stage.
+gradient checkpointing of its own, is checkpointed block by block through its stages.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def encode_image(
         vision_model: a ResNet (its `last_hidden_state` is the (B, C, H, W) feature map) or a ViT-style backbone
             (`last_hidden_state` holds (B, N, C) tokens).
         pixel_values: (B, 3, H, W) images.
-        checkpoint_fn: when given, a ResNet runs each stage under it (re-computing activations in the backward pass).
+        checkpoint_fn: when given, a ResNet runs each residual block of its stages under it (activations are
+            re-computed in the backward pass).
 
     Returns:
         `(pooled, outputs)`: pooled (B, C) and the tower's `ModelOutput`, whose `last_hidden_state` the grounding head
@@ -140,10 +141,15 @@ def encode_image(
 def _resnet_forward(
     model: PreTrainedModel, pixel_values: torch.Tensor, checkpoint_fn: Callable | None
 ) -> BaseModelOutputWithPoolingAndNoAttention:
-    """`ResNetModel.forward`, with each stage optionally checkpointed (HF's ResNet has no checkpointing)."""
+    """`ResNetModel.forward`, optionally checkpointed (HF's ResNet has no checkpointing of its own).
+
+    The unit of recompute is each residual block of each stage: a whole first stage of ResNet-50 (three bottlenecks
+    at 1/4 resolution) would hold most of the activation memory during its own recompute.
+    """
     hidden = model.embedder(pixel_values)  # (B, C0, H/4, W/4)
     for stage in model.encoder.stages:
-        hidden = checkpoint_fn(stage, hidden) if checkpoint_fn is not None else stage(hidden)
+        for block in stage.layers:
+            hidden = checkpoint_fn(block, hidden) if checkpoint_fn is not None else block(hidden)
     pooled = model.pooler(hidden)  # (B, C, 1, 1)
     return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=hidden, pooler_output=pooled)
 
