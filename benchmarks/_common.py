@@ -1,0 +1,197 @@
+"""Shared pieces of the training benchmarks: the towers, the tokenizer, flickr8k-multi, retrieval evaluation, tables.
+
+Both `recipe_vs_baseline.py` and `train_throughput.py` compare our training against transformers'
+`VisionTextDualEncoderModel` (VTDE) on the same towers: a ViT-style vision tower that VTDE accepts and a tiny XLM-R
+text tower, both from scratch, joined by linear projections. [`seeyou_from_vtde`] copies a VTDE's weights into a
+`SeeYouModel` with `text_pooling="pooler"`, which computes the same embeddings (the core's parity test checks this),
+so both sides start from the same initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FLICKR_DIR = REPO_ROOT.parent / "shared" / "data" / "flickr8k-multi"
+CACHE_DIR = REPO_ROOT / "outputs" / "benchmarks"
+
+
+@dataclass
+class TowerSizes:
+    """Sizes of the two towers (CPU-feasible: a few million parameters each)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    projection_dim: int = 128
+    max_text_length: int = 128
+
+
+def tower_configs(vocab_size: int, pad_token_id: int, sizes: TowerSizes) -> tuple[Any, Any]:
+    """A tiny `ViTConfig` and `XLMRobertaConfig` of the given sizes (library defaults otherwise, e.g. dropout)."""
+    from transformers import ViTConfig, XLMRobertaConfig
+
+    vision = ViTConfig(
+        image_size=sizes.image_size,
+        patch_size=sizes.patch_size,
+        hidden_size=sizes.hidden_size,
+        num_hidden_layers=sizes.layers,
+        num_attention_heads=sizes.heads,
+        intermediate_size=4 * sizes.hidden_size,
+    )
+    text = XLMRobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=sizes.hidden_size,
+        num_hidden_layers=sizes.layers,
+        num_attention_heads=sizes.heads,
+        intermediate_size=4 * sizes.hidden_size,
+        # XLM-R numbers positions from padding_idx + 1, so it needs two positions beyond the longest caption.
+        max_position_embeddings=sizes.max_text_length + 2,
+        type_vocab_size=1,
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    return vision, text
+
+
+def build_vtde(vocab_size: int, pad_token_id: int, sizes: TowerSizes, seed: int) -> Any:
+    """A randomly initialised `VisionTextDualEncoderModel` over the tiny towers."""
+    from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    vision, text = tower_configs(vocab_size, pad_token_id, sizes)
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=sizes.projection_dim)
+    torch.manual_seed(seed)
+    return VisionTextDualEncoderModel(config)
+
+
+def seeyou_from_vtde(vtde: Any) -> Any:
+    """A `SeeYouModel` with the towers, projections and temperature of `vtde` (same embeddings, same loss)."""
+    from seeyou_ml import SeeYouConfig, SeeYouModel
+
+    config = SeeYouConfig.from_vision_text_configs(
+        vtde.config.vision_config,
+        vtde.config.text_config,
+        projection_dim=vtde.config.projection_dim,
+        projection="linear",
+        text_pooling="pooler",
+        logit_scale_init_value=vtde.config.logit_scale_init_value,
+    )
+    model = SeeYouModel(config)
+    missing, unexpected = model.load_state_dict(vtde.state_dict(), strict=False)
+    if unexpected or any("position_ids" not in key for key in missing):
+        raise RuntimeError(f"VTDE and SeeYouModel weights do not line up: missing {missing}, unexpected {unexpected}.")
+    return model
+
+
+def flickr_tokenizer(cache_dir: Path = CACHE_DIR / "flickr8k_tokenizer", vocab_size: int = 8000) -> Any:
+    """A SentencePiece tokenizer (XLM-R layout) trained on all flickr8k-multi train captions, cached on disk."""
+    from transformers import XLMRobertaTokenizer
+
+    if (cache_dir / "tokenizer.json").exists():
+        return XLMRobertaTokenizer.from_pretrained(str(cache_dir))
+    from seeyou_ml.data.tokenizer import train_sentencepiece_tokenizer
+
+    texts = []
+    with open(FLICKR_DIR / "train.jsonl", encoding="utf-8") as f:
+        for line in f:
+            for _, captions in sorted(json.loads(line)["captions"].items()):
+                texts += captions
+    tokenizer = train_sentencepiece_tokenizer(texts, vocab_size=vocab_size)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(cache_dir))
+    return tokenizer
+
+
+def load_flickr(split: str, max_images: Optional[int] = None) -> Any:
+    """flickr8k-multi `split` as one row per caption (`image`, `caption`, `lang`, `image_id`).
+
+    Args:
+        split: `train` or `val`.
+        max_images: keep only the captions of the first `max_images` images (in file order); all when `None`.
+    """
+    from seeyou_ml.data import load_corpus
+
+    if not FLICKR_DIR.exists():
+        raise FileNotFoundError(f"{FLICKR_DIR} is missing; the benchmarks read flickr8k-multi from there.")
+    dataset = load_corpus(str(FLICKR_DIR), split=split, verify_images=False)
+    if max_images is not None:
+        with open(FLICKR_DIR / f"{split}.jsonl", encoding="utf-8") as f:
+            keep = {json.loads(line)["image_id"] for _, line in zip(range(max_images), f)}
+        ids = dataset["image_id"]
+        dataset = dataset.select([i for i, image_id in enumerate(ids) if image_id in keep])
+    return dataset
+
+
+@torch.no_grad()
+def evaluate_per_language(
+    model: Any, processor: Any, dataset: Any, batch_size: int = 128, max_length: int = 128,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, dict[str, float]]:
+    """Val recall@k per caption language, for any dual encoder with `get_image_features`/`get_text_features`.
+
+    Embeddings are L2-normalised here (a no-op for `SeeYouModel`; VTDE's features are unnormalised projections),
+    then scored with `seeyou_ml.evaluation.retrieval_recall`. Every language is scored against all the split's images.
+
+    Returns:
+        `{lang: {"image_to_text/R@k": ..., "text_to_image/R@k": ..., "rsum": ...}}` in percent.
+    """
+    from seeyou_ml.evaluation.retrieval import retrieval_recall
+
+    model.eval()
+    image_ids = dataset["image_id"]
+    order = list(dict.fromkeys(image_ids))  # unique image ids in first-seen order
+    position = {image_id: i for i, image_id in enumerate(order)}
+    first_row = {}
+    for row, image_id in enumerate(image_ids):
+        first_row.setdefault(image_id, row)
+    image_column = dataset.select_columns(["image"])
+
+    image_embeds = []
+    for start in tqdm(range(0, len(order), batch_size), desc="embed images", leave=False):
+        rows = [first_row[i] for i in order[start:start + batch_size]]
+        images = [image_column[r]["image"].convert("RGB") for r in rows]
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        image_embeds.append(F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1))
+    image_embeds = torch.cat(image_embeds)  # (N, D)
+
+    captions, langs = dataset["caption"], dataset["lang"]
+    text_embeds = []
+    for start in tqdm(range(0, len(captions), batch_size), desc="embed captions", leave=False):
+        tokens = processor(text=captions[start:start + batch_size], return_tensors="pt", padding=True,
+                           truncation=True, max_length=max_length)
+        features = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        text_embeds.append(F.normalize(features.pooler_output, dim=-1))
+    text_embeds = torch.cat(text_embeds)  # (M, D)
+
+    owners = torch.tensor([position[i] for i in image_ids])
+    results = {}
+    for lang in sorted(set(langs)):
+        rows = torch.tensor([i for i, code in enumerate(langs) if code == lang])
+        results[lang] = retrieval_recall(image_embeds, text_embeds[rows], owners[rows], ks=ks)
+    return results
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with right-aligned columns (floats to 2 decimals)."""
+    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(str(h).rjust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def load_average() -> str:
+    """The 1-minute load average (the machine is shared; a high value explains noisy timings)."""
+    return f"{os.getloadavg()[0]:.1f}"

@@ -1,0 +1,256 @@
+"""Samples/s of our training step against the bare towers and against `VisionTextDualEncoderModel` + `Trainer`.
+
+Three ways to take one optimizer step on the same towers (the tiny ViT + tiny XLM-R of `_common.TowerSizes`), from
+the same initial weights, at the same batch size, caption length, image size and precision:
+
+- **ours**: `seeyou_ml.training.Trainer.training_step` + the schedule's step, i.e. `SeeYouModel` forward with the
+  contrastive loss, backward through accelerate, gradient clipping at 1.0, AdamW over per-tower parameter groups,
+  the staged warmup-cosine schedule, plus the step's bookkeeping (stage check, NaN guard, loss reduction).
+- **bare**: `vision_model(pixel_values)` and `text_model(input_ids, attention_mask)`, a trivial loss of their
+  pooled outputs (mean of squares), backward, `torch.optim.AdamW` step, `zero_grad`: the floor any trainer pays.
+- **VTDE + Trainer**: `VisionTextDualEncoderModel` trained by transformers' `Trainer` (`return_loss=True`; its
+  training step: forward, backward, clipping at 1.0, AdamW, linear schedule), timed by a callback from
+  `on_step_begin` to `on_step_end`.
+
+Data loading is excluded from all three: a few batches are collated once, up front, as synthetic tensors (random
+pixels and token ids), and every step reuses them (the `Trainer` gets them from a collator that returns the
+pre-built batch; its time is outside the callback's window anyway). Each method runs `--steps` timed steps after
+`--warmup` untimed ones, in `--rounds` rounds with the order rotated each round (the machine is shared, so methods are
+interleaved rather than run back to back); the table reports the median round.
+
+    python benchmarks/train_throughput.py [--batch-size 64] [--seq-len 32] [--steps 10] [--mixed-precision bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import TowerSizes, build_vtde, format_table, load_average, seeyou_from_vtde  # noqa: E402
+
+VOCAB_SIZE = 8000
+PAD_TOKEN_ID = 1
+LEARNING_RATE = 1e-4
+WEIGHT_DECAY = 0.1
+NUM_BATCHES = 4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--batch-size", type=int, default=64, help="Pairs per step.")
+    parser.add_argument("--seq-len", type=int, default=32, help="Caption length in tokens (all captions padded).")
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps per method and round.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per method and round.")
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds; the median round is reported.")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="Precision of all three.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    return parser.parse_args(argv)
+
+
+def synthetic_batches(args: argparse.Namespace, image_size: int) -> list[dict]:
+    """Pre-collated batches with the keys our collator produces (`lang`/`image_id` are metadata)."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for b in range(NUM_BATCHES):
+        input_ids = torch.randint(4, VOCAB_SIZE, (args.batch_size, args.seq_len), generator=generator)
+        input_ids[:, 0], input_ids[:, -1] = 0, 2  # <s> ... </s>
+        batches.append({
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": torch.randn(args.batch_size, 3, image_size, image_size, generator=generator),
+            "lang": ["en"] * args.batch_size,
+            "image_id": [f"{b}-{i}" for i in range(args.batch_size)],
+        })
+    return batches
+
+
+# ---- the three methods: each runner is `run(warmup, steps) -> seconds of the timed steps` ------------------------
+
+
+def timed(step):
+    """`run(warmup, steps)` for a `step(i)` function: `warmup` untimed steps, then the time of `steps` more."""
+
+    def run(warmup: int, steps: int) -> float:
+        for i in range(warmup):
+            step(i)
+        start = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            step(i)
+        return time.perf_counter() - start
+
+    return run
+
+
+class PreCollatedSampler(list):
+    """Batch sampler over a list of pre-collated batches: each "batch" is one index (unused by the timed steps,
+    which feed the batches to `training_step` directly; the Trainer only needs a sampler to build its loader)."""
+
+    batch_size = 1
+
+    def __init__(self, num_batches: int):
+        super().__init__([[i] for i in range(num_batches)])
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+def ours_runner(model, batches, args):
+    """Our Trainer's step over `model`."""
+    from seeyou_ml.training.config import TrainingRecipe
+    from seeyou_ml.training.trainer import Trainer
+
+    recipe = TrainingRecipe.from_dict({
+        "output_dir": str(Path("outputs") / "benchmarks" / "train_throughput"),
+        "mixed_precision": args.mixed_precision,
+        "data": {"batch_size": args.batch_size, "eval_split": None},
+        "optim": {"lr": LEARNING_RATE, "weight_decay": WEIGHT_DECAY, "warmup_steps": 10, "max_grad_norm": 1.0},
+        "stages": [{"name": "joint", "steps": 100_000}],
+        "monitor": {"report_to": None, "progress_bar": False, "collapse_every": 0},
+        "checkpoint": {"save_every": 0},
+    })
+    trainer = Trainer(recipe, model=model, processor=None, train_dataset=batches, collate_fn=lambda rows: rows[0],
+                      batch_sampler=PreCollatedSampler(len(batches)))
+
+    def step(i: int) -> None:
+        trainer.training_step(batches[i % len(batches)])
+        trainer.scheduler.step()
+        trainer.step += 1
+
+    return timed(step)
+
+    return run
+
+
+def bare_runner(vision_model, text_model, batches, args):
+    """The towers alone, a trivial loss and AdamW."""
+    vision_model.train()
+    text_model.train()
+    parameters = list(vision_model.parameters()) + list(text_model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
+
+    def step(i: int) -> None:
+        batch = batches[i % len(batches)]
+        with autocast:
+            image = vision_model(pixel_values=batch["pixel_values"]).pooler_output  # (B, H)
+            text = text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
+            loss = image.float().pow(2).mean() + text.float().pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return timed(step)
+
+
+def trainer_runner(vtde, batches, args):
+    """VTDE + transformers' Trainer, timed inside its steps."""
+    from torch.utils.data import Dataset
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.begun = [], None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begun = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.begun)
+
+    class Indices(Dataset):
+        def __init__(self, length):
+            self.length = length
+
+        def __len__(self):
+            return self.length
+
+        def __getitem__(self, index):
+            return index
+
+    counter = {"batch": 0}
+
+    def collate_fn(rows):
+        batch = batches[counter["batch"] % len(batches)]
+        counter["batch"] += 1
+        return {key: batch[key] for key in ("pixel_values", "input_ids", "attention_mask")} | {"return_loss": True}
+
+    timer = StepTimer()
+
+    def run(warmup: int, steps: int) -> float:
+        # Each call is a fresh `train()` (new optimizer), so its warm-up steps run in the same call, untimed.
+        training_args = TrainingArguments(
+            output_dir=str(Path("outputs") / "benchmarks" / "train_throughput_hf"),
+            per_device_train_batch_size=args.batch_size,
+            max_steps=warmup + steps,
+            learning_rate=LEARNING_RATE,
+            weight_decay=WEIGHT_DECAY,
+            bf16=args.mixed_precision == "bf16",
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=vtde, args=training_args, train_dataset=Indices((warmup + steps) * args.batch_size),
+                          data_collator=collate_fn, callbacks=[timer])
+        trainer.remove_callback(PrinterCallback)  # its end-of-run metrics would interleave with the table
+        counter["batch"] = 0
+        timer.times = []
+        trainer.train()
+        return sum(timer.times[warmup:])
+
+    return run
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = TowerSizes()
+    batches = synthetic_batches(args, sizes.image_size)
+    vtde = build_vtde(VOCAB_SIZE, PAD_TOKEN_ID, sizes, seed=0)
+    ours_model = seeyou_from_vtde(vtde)
+    runners = {
+        "ours (SeeYouModel + seeyou Trainer)": ours_runner(ours_model, batches, args),
+        "bare towers + AdamW": bare_runner(copy.deepcopy(vtde.vision_model), copy.deepcopy(vtde.text_model),
+                                           batches, args),
+        "VTDE + transformers Trainer": trainer_runner(copy.deepcopy(vtde), batches, args),
+    }
+    names = list(runners)
+    rates = {name: [] for name in names}
+    loads = []
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            seconds = runners[name](args.warmup, args.steps)
+            rates[name].append(args.steps * args.batch_size / seconds)
+        loads.append(load_average())
+        print(f"round {r + 1}: " + ", ".join(f"{n.split(' ')[0]} {rates[n][-1]:.1f}/s" for n in names), flush=True)
+
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    ours, bare, hf = names
+    headers = ["method", "samples/s", "min", "max", "step time vs ours"]
+    rows = [[name, median[name], min(rates[name]), max(rates[name]), f"{median[ours] / median[name]:.2f}x"]
+            for name in names]
+    print(f"\nbatch {args.batch_size}, {sizes.image_size}px images, {args.seq_len}-token captions, "
+          f"precision {args.mixed_precision}, {torch.get_num_threads()} threads, {args.steps} timed steps x "
+          f"{args.rounds} rounds (median round), pre-collated synthetic batches (no data loading); "
+          f"load averages {', '.join(loads)}")
+    print(format_table(headers, rows))
+    print(f"\nours / bare step time: {median[bare] / median[ours]:.3f}x (goal <= 1.05x)")
+    print(f"VTDE+Trainer / ours step time: {median[ours] / median[hf]:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
