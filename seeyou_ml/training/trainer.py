@@ -294,15 +294,35 @@ class Trainer:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             recipe.to_yaml(self.output_dir / RECIPE_NAME)
-        set_seed(recipe.seed)
+        # Per-process seeds: dropout and augmentation differ across processes (model init is seeded before, alike).
+        set_seed(recipe.seed, device_specific=True)
         if recipe.resume_from:
             self._resume(resolve_resume_path(recipe.resume_from, self.output_dir))
         if recipe.monitor.report_to:
             accelerator.init_trackers(recipe.name, config=_flatten(recipe.to_dict()))
 
         output = TrainOutput(step=self.step, output_dir=self.output_dir)
-        bar = tqdm(total=total_steps, initial=self.step, desc=self.stages.table[0]["name"], dynamic_ncols=True,
+        self.stages.apply(self.step)
+        bar = tqdm(total=total_steps, initial=self.step, desc=self.stages.name, dynamic_ncols=True,
                    disable=not (accelerator.is_main_process and recipe.monitor.progress_bar))
+        try:
+            self._loop(output, bar)
+            bar.close()
+            output.step, output.skipped_steps = self.step, self.guard.skipped
+            self._save_final()
+            output.metrics = self._evaluate(final=True)
+            if output.metrics and recipe.monitor.report_to:
+                accelerator.log({f"eval/{k}": v for k, v in _flatten(output.metrics).items()
+                                 if isinstance(v, (int, float))}, step=self.step)
+        finally:
+            bar.close()
+            if recipe.monitor.report_to:
+                accelerator.end_training()
+        return output
+
+    def _loop(self, output: TrainOutput, bar: tqdm) -> None:
+        """Steps through epochs (resuming mid-epoch) until the last stage ends."""
+        accelerator, recipe, total_steps = self.accelerator, self.recipe, self.recipe.total_steps
         started, start_step = time.perf_counter(), self.step
         while self.step < total_steps:
             self.collate.epoch = self.epoch
@@ -330,12 +350,6 @@ class Trainer:
                 self.batch_in_epoch = 0
                 continue
             break
-        bar.close()
-        output.step, output.skipped_steps = self.step, self.guard.skipped
-        self._save_final()
-        output.metrics = self._evaluate(final=True)
-        accelerator.end_training()
-        return output
 
     def _after_step(self, loss: float, terms: dict, embeddings: dict, rate: float, bar: tqdm) -> None:
         """Logging, collapse checks, periodic evaluation and checkpoints after optimizer step `self.step`."""
