@@ -1,0 +1,140 @@
+"""Tiled retrieval recall at scale: peak memory and wall time against the bare GEMM and the naive full matrix.
+
+Every measurement runs in a fresh child process that builds its inputs (random unit vectors, seeded), notes its
+peak resident set size (`getrusage` ru_maxrss), runs one method and reports the growth of that peak: the memory the
+method needs beyond its inputs. Wall times of one table are measured in the same session, so compare their ratios.
+
+Methods:
+    gemm    the same chunked matrix product as `retrieval_recall` (same tiles and dtype, into a reused buffer),
+            with no ranking: the floor for any exact method.
+    tiled   `seeyou_ml.evaluation.retrieval_recall`, top-10 both directions.
+    naive   the full N×M score matrix and `torch.topk` along both axes (what fits only at small sizes).
+
+Usage:
+    python benchmarks/retrieval_scale.py                      # 100k images × 500k captions, then 10k × 50k naive
+    python benchmarks/retrieval_scale.py --n 20000 --m 100000 --dtypes fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CAPTIONS_PER_IMAGE = 5
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _unit_vectors(count: int, dim: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.empty(count, dim, dtype=dtype)
+    for start in range(0, count, 65536):  # in slices, so building the inputs does not inflate the peak
+        block = torch.randn(min(65536, count - start), dim, generator=generator)
+        out[start : start + block.shape[0]] = torch.nn.functional.normalize(block, dim=1)
+    return out
+
+
+def _run_child(method: str, n: int, m: int, dim: int, dtype_name: str, chunk_size: int, k: int) -> dict:
+    from seeyou_ml.evaluation import retrieval_recall
+
+    dtype = DTYPES[dtype_name]
+    images = _unit_vectors(n, dim, 0, dtype)
+    captions = _unit_vectors(m, dim, 1, dtype)
+    owners = torch.arange(m) % n
+    baseline = _peak_rss_mb()
+    start = time.perf_counter()
+    recalls = None
+    if method == "gemm":
+        buffer = torch.empty(min(chunk_size, m) * min(chunk_size, n), dtype=dtype)
+        for row in range(0, m, chunk_size):
+            rows = captions[row : row + chunk_size]
+            for col in range(0, n, chunk_size):
+                cols = images[col : col + chunk_size]
+                torch.mm(rows, cols.T, out=buffer[: rows.shape[0] * cols.shape[0]].view(rows.shape[0], -1))
+    elif method == "tiled":
+        recalls = retrieval_recall(images, captions, owners, ks=(1, 5, k), chunk_size=chunk_size, dtype=dtype)
+    elif method == "naive":
+        scores = images @ captions.T  # (N, M), the whole matrix
+        image_topk = torch.topk(scores, k, dim=1).indices  # (N, k)
+        text_topk = torch.topk(scores, k, dim=0).indices.T  # (M, k)
+        image_hits = owners[image_topk] == torch.arange(n)[:, None]
+        text_hits = text_topk == owners[:, None]
+        recalls = {}
+        for cut in (1, 5, k):
+            recalls[f"image_to_text/R@{cut}"] = 100.0 * image_hits[:, :cut].any(1).double().mean().item()
+            recalls[f"text_to_image/R@{cut}"] = 100.0 * text_hits[:, :cut].any(1).double().mean().item()
+    else:
+        raise ValueError(f"unknown method {method!r}; use gemm, tiled or naive.")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_extra_mb": _peak_rss_mb() - baseline, "inputs_mb": baseline, "recalls": recalls}
+
+
+def _measure(method: str, n: int, m: int, args: argparse.Namespace, dtype_name: str) -> dict:
+    command = [sys.executable, __file__, "--child", method, "--n", str(n), "--m", str(m), "--dim", str(args.dim),
+               "--dtypes", dtype_name, "--chunk-size", str(args.chunk_size), "--k", str(args.k)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    print(f"  {method:<6} {dtype_name} {n}×{m}: {result['seconds']:.1f} s, +{result['peak_extra_mb']:.0f} MB",
+          flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="images")
+    parser.add_argument("--m", type=int, default=500_000, help="captions")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=10, help="largest recall cut-off")
+    parser.add_argument("--chunk-size", type=int, default=2048)
+    parser.add_argument("--dtypes", default="bf16,fp32", help="comma-separated: fp32, bf16")
+    parser.add_argument("--naive-n", type=int, default=10_000, help="images for the naive comparison (0 skips it)")
+    parser.add_argument("--naive-m", type=int, default=50_000, help="captions for the naive comparison")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_run_child(args.child, args.n, args.m, args.dim, args.dtypes, args.chunk_size, args.k)))
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, chunk {args.chunk_size}, D={args.dim}")
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        if args.naive_n:
+            naive = _measure("naive", args.naive_n, args.naive_m, args, dtype_name)
+            tiled = _measure("tiled", args.naive_n, args.naive_m, args, dtype_name)
+            gemm = _measure("gemm", args.naive_n, args.naive_m, args, dtype_name)
+            same = max(abs(naive["recalls"][key] - value) for key, value in tiled["recalls"].items()
+                       if key in naive["recalls"])
+            rows.append((dtype_name, args.naive_n, args.naive_m, gemm, tiled, naive, same))
+        gemm = _measure("gemm", args.n, args.m, args, dtype_name)
+        tiled = _measure("tiled", args.n, args.m, args, dtype_name)
+        rows.append((dtype_name, args.n, args.m, gemm, tiled, None, None))
+
+    header = (f"{'dtype':<5} {'N×M':>15} {'GEMM s':>8} {'tiled s':>8} {'tiled/GEMM':>10} {'tiled +MB':>9} "
+              f"{'naive s':>8} {'naive +MB':>9} {'naive/tiled s':>13} {'naive/tiled MB':>14} {'max|ΔR@k|':>9}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for dtype_name, n, m, gemm, tiled, naive, same in rows:
+        line = (f"{dtype_name:<5} {f'{n}×{m}':>15} {gemm['seconds']:8.1f} {tiled['seconds']:8.1f} "
+                f"{tiled['seconds'] / gemm['seconds']:10.2f} {tiled['peak_extra_mb']:9.0f}")
+        if naive is None:
+            line += f" {'-':>8} {'-':>9} {'-':>13} {'-':>14} {'-':>9}"
+        else:
+            line += (f" {naive['seconds']:8.1f} {naive['peak_extra_mb']:9.0f} "
+                     f"{naive['seconds'] / tiled['seconds']:13.2f} "
+                     f"{naive['peak_extra_mb'] / max(tiled['peak_extra_mb'], 1.0):14.1f} {same:9.3f}")
+        print(line)
+    print("\nmax|ΔR@k|: largest difference of a recall (points) between naive and tiled; naive breaks score ties")
+    print("arbitrarily (torch.topk), tiled by lowest index, so bf16 (many ties) may differ slightly.")
+    print("+MB: growth of the process's peak RSS over its inputs (getrusage ru_maxrss, fresh process per cell).")
+
+
+if __name__ == "__main__":
+    main()
