@@ -18,7 +18,8 @@ wall-clock budget on flickr8k-multi train and scored with the same evaluator on 
 
 Both use the same tokenizer (SentencePiece trained on the train captions, cached under outputs/benchmarks), the same
 image processor (resize to the tower's size, ImageNet statistics), the same threads and no data workers. Data loading
-counts against both budgets. Each arm runs in its own process, one after the other. Evaluation: R@1/5/10 per val
+counts against both budgets. Each arm runs in its own process; by default the two run side by side, so that on a
+shared machine both see the same background load. Evaluation: R@1/5/10 per val
 language, image→text and text→image, over L2-normalised embeddings (see `_common.evaluate_per_language`).
 
     python benchmarks/recipe_vs_baseline.py                                   # 480 s per arm
@@ -67,7 +68,7 @@ DEFAULT_RECIPE = {
 }
 RUN_CLIP_ARGS = {"per_device_train_batch_size": 64, "learning_rate": 5e-5, "warmup_steps": 0, "weight_decay": 0.1}
 RUN_CLIP_MAX_SEQ_LENGTH = 128
-PROBE_STEPS = 3
+PROBE_STEPS = 2
 SAFETY = 0.97  # plan the cosine to end slightly before the budget: step times drift on a shared machine
 
 
@@ -83,7 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--baseline-lr", type=float, default=RUN_CLIP_ARGS["learning_rate"],
                         help="Baseline learning rate (run_clip's documented 5e-5 by default; for ablations).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the shared initialisation and of both runs.")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of each arm.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each arm.")
+    parser.add_argument("--sequential", action="store_true",
+                        help="Run the arms one after the other (default: side by side, one process each).")
     parser.add_argument("--work-dir", default=str(CACHE_DIR / "recipe_vs_baseline"), help="Scratch directory.")
     parser.add_argument("--arm", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -123,7 +126,6 @@ def rescale_stages(recipe, total_steps: int):
 
 
 def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
-    import torch
     from transformers import VisionTextDualEncoderModel
 
     from _common import seeyou_from_vtde
@@ -324,12 +326,24 @@ def main(argv=None) -> None:
     tokenizer = flickr_tokenizer()
     build_vtde(len(tokenizer), tokenizer.pad_token_id, TowerSizes(), args.seed).save_pretrained(
         str(work_dir / "init"))
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
-    results = {}
-    for arm in ("ours", "baseline"):
-        print(f"=== {arm} (load average {load_average()}) ===", flush=True)
-        subprocess.run([sys.executable, __file__, *forwarded, "--arm", arm], check=True, cwd=REPO_ROOT)
-        results[arm] = json.loads((work_dir / f"{arm}.json").read_text(encoding="utf-8"))
+    forwarded = list(argv if argv is not None else sys.argv[1:])
+    arms = ("ours", "baseline")
+    if args.sequential:
+        for arm in arms:
+            print(f"=== {arm} (load average {load_average()}) ===", flush=True)
+            subprocess.run([sys.executable, __file__, *forwarded, "--arm", arm], check=True, cwd=REPO_ROOT)
+    else:
+        # Side by side, one process each: on a shared machine both arms then see the same background load.
+        logs = {arm: open(work_dir / f"{arm}.log", "w", encoding="utf-8") for arm in arms}
+        print(f"running both arms side by side (load average {load_average()}); logs: "
+              f"{', '.join(str(work_dir / f'{arm}.log') for arm in arms)}", flush=True)
+        processes = {arm: subprocess.Popen([sys.executable, __file__, *forwarded, "--arm", arm], cwd=REPO_ROOT,
+                                           stdout=logs[arm], stderr=subprocess.STDOUT) for arm in arms}
+        for arm, process in processes.items():
+            if process.wait():
+                raise SystemExit(f"the {arm} arm failed (exit {process.returncode}); see {work_dir / f'{arm}.log'}")
+            logs[arm].close()
+    results = {arm: json.loads((work_dir / f"{arm}.json").read_text(encoding="utf-8")) for arm in arms}
     print_report(results["ours"], results["baseline"], args)
 
 

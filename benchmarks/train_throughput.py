@@ -14,11 +14,12 @@ the same initial weights, at the same batch size, caption length, image size and
 
 Data loading is excluded from all three: a few batches are collated once, up front, as synthetic tensors (random
 pixels and token ids), and every step reuses them (the `Trainer` gets them from a collator that returns the
-pre-built batch; its time is outside the callback's window anyway). Each method runs `--steps` timed steps after
-`--warmup` untimed ones, in `--rounds` rounds with the order rotated each round (the machine is shared, so methods are
-interleaved rather than run back to back); the table reports the median round.
+pre-built batch, outside the callback's window). The machine is shared and its load swings within seconds, so the
+methods are interleaved step by step: after each `Trainer` step, its callback runs one step of each of the other two
+(order rotating). Every step is timed alone; the table reports samples/s of the median step (and of the mean) over
+`--steps` steps after `--warmup`.
 
-    python benchmarks/train_throughput.py [--batch-size 64] [--seq-len 32] [--steps 10] [--mixed-precision bf16]
+    python benchmarks/train_throughput.py [--batch-size 64] [--seq-len 32] [--steps 30] [--mixed-precision bf16]
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--batch-size", type=int, default=64, help="Pairs per step.")
     parser.add_argument("--seq-len", type=int, default=32, help="Caption length in tokens (all captions padded).")
-    parser.add_argument("--steps", type=int, default=10, help="Timed steps per method and round.")
-    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per method and round.")
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds; the median round is reported.")
+    parser.add_argument("--steps", type=int, default=30, help="Timed steps per method.")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps per method before them.")
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="Precision of all three.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     return parser.parse_args(argv)
@@ -73,21 +73,7 @@ def synthetic_batches(args: argparse.Namespace, image_size: int) -> list[dict]:
     return batches
 
 
-# ---- the three methods: each runner is `run(warmup, steps) -> seconds of the timed steps` ------------------------
-
-
-def timed(step):
-    """`run(warmup, steps)` for a `step(i)` function: `warmup` untimed steps, then the time of `steps` more."""
-
-    def run(warmup: int, steps: int) -> float:
-        for i in range(warmup):
-            step(i)
-        start = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            step(i)
-        return time.perf_counter() - start
-
-    return run
+# ---- the three methods ------------------------------------------------------------------------------------------
 
 
 class PreCollatedSampler(list):
@@ -103,8 +89,8 @@ class PreCollatedSampler(list):
         pass
 
 
-def ours_runner(model, batches, args):
-    """Our Trainer's step over `model`."""
+def ours_step(model, batches, args):
+    """`step(i)`: one step of our Trainer over `model` on pre-collated batch `i`."""
     from seeyou_ml.training.config import TrainingRecipe
     from seeyou_ml.training.trainer import Trainer
 
@@ -125,13 +111,11 @@ def ours_runner(model, batches, args):
         trainer.scheduler.step()
         trainer.step += 1
 
-    return timed(step)
-
-    return run
+    return step
 
 
-def bare_runner(vision_model, text_model, batches, args):
-    """The towers alone, a trivial loss and AdamW."""
+def bare_step(vision_model, text_model, batches, args):
+    """`step(i)`: the towers alone on batch `i`, a trivial loss of their pooled outputs, backward and AdamW."""
     vision_model.train()
     text_model.train()
     parameters = list(vision_model.parameters()) + list(text_model.parameters())
@@ -148,69 +132,75 @@ def bare_runner(vision_model, text_model, batches, args):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return timed(step)
+    return step
 
 
-def trainer_runner(vtde, batches, args):
-    """VTDE + transformers' Trainer, timed inside its steps."""
+def run_interleaved(vtde, others: dict, batches, args) -> dict[str, list[float]]:
+    """Trains `vtde` with transformers' Trainer and, after each of its steps, runs one step of every other method.
+
+    The Trainer's steps are timed from `on_step_begin` to `on_step_end` (forward, backward, clipping, AdamW, schedule;
+    the batch is fetched before `on_step_begin`); the other methods' steps run in `on_step_end`, in an order that
+    rotates every step, so all three see the same background load.
+
+    Returns:
+        `{method: [seconds of each step]}`, warm-up steps included.
+    """
     from torch.utils.data import Dataset
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.begun = [], None
+    times = {name: [] for name in [HF, *others]}
 
+    class Interleave(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             self.begun = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.begun)
+            times[HF].append(time.perf_counter() - self.begun)
+            i = state.global_step - 1
+            names = list(others)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                start = time.perf_counter()
+                others[name](i)
+                times[name].append(time.perf_counter() - start)
 
     class Indices(Dataset):
-        def __init__(self, length):
-            self.length = length
-
         def __len__(self):
-            return self.length
+            return total * args.batch_size
 
         def __getitem__(self, index):
             return index
 
-    counter = {"batch": 0}
+    fetched = {"batches": 0}
 
     def collate_fn(rows):
-        batch = batches[counter["batch"] % len(batches)]
-        counter["batch"] += 1
+        batch = batches[fetched["batches"] % len(batches)]
+        fetched["batches"] += 1
         return {key: batch[key] for key in ("pixel_values", "input_ids", "attention_mask")} | {"return_loss": True}
 
-    timer = StepTimer()
+    total = args.warmup + args.steps
+    training_args = TrainingArguments(
+        output_dir=str(Path("outputs") / "benchmarks" / "train_throughput_hf"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=total,
+        learning_rate=LEARNING_RATE,
+        weight_decay=WEIGHT_DECAY,
+        bf16=args.mixed_precision == "bf16",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=vtde, args=training_args, train_dataset=Indices(), data_collator=collate_fn,
+                      callbacks=[Interleave()])
+    trainer.remove_callback(PrinterCallback)  # its end-of-run metrics would interleave with the table
+    trainer.train()
+    return times
 
-    def run(warmup: int, steps: int) -> float:
-        # Each call is a fresh `train()` (new optimizer), so its warm-up steps run in the same call, untimed.
-        training_args = TrainingArguments(
-            output_dir=str(Path("outputs") / "benchmarks" / "train_throughput_hf"),
-            per_device_train_batch_size=args.batch_size,
-            max_steps=warmup + steps,
-            learning_rate=LEARNING_RATE,
-            weight_decay=WEIGHT_DECAY,
-            bf16=args.mixed_precision == "bf16",
-            use_cpu=True,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-        )
-        trainer = Trainer(model=vtde, args=training_args, train_dataset=Indices((warmup + steps) * args.batch_size),
-                          data_collator=collate_fn, callbacks=[timer])
-        trainer.remove_callback(PrinterCallback)  # its end-of-run metrics would interleave with the table
-        counter["batch"] = 0
-        timer.times = []
-        trainer.train()
-        return sum(timer.times[warmup:])
 
-    return run
+OURS, BARE, HF = "ours (SeeYouModel + seeyou Trainer)", "bare towers + AdamW", "VTDE + transformers Trainer"
 
 
 def main(argv=None) -> None:
@@ -220,36 +210,25 @@ def main(argv=None) -> None:
     sizes = TowerSizes()
     batches = synthetic_batches(args, sizes.image_size)
     vtde = build_vtde(VOCAB_SIZE, PAD_TOKEN_ID, sizes, seed=0)
-    ours_model = seeyou_from_vtde(vtde)
-    runners = {
-        "ours (SeeYouModel + seeyou Trainer)": ours_runner(ours_model, batches, args),
-        "bare towers + AdamW": bare_runner(copy.deepcopy(vtde.vision_model), copy.deepcopy(vtde.text_model),
-                                           batches, args),
-        "VTDE + transformers Trainer": trainer_runner(copy.deepcopy(vtde), batches, args),
+    others = {
+        OURS: ours_step(seeyou_from_vtde(vtde), batches, args),
+        BARE: bare_step(copy.deepcopy(vtde.vision_model), copy.deepcopy(vtde.text_model), batches, args),
     }
-    names = list(runners)
-    rates = {name: [] for name in names}
-    loads = []
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            seconds = runners[name](args.warmup, args.steps)
-            rates[name].append(args.steps * args.batch_size / seconds)
-        loads.append(load_average())
-        print(f"round {r + 1}: " + ", ".join(f"{n.split(' ')[0]} {rates[n][-1]:.1f}/s" for n in names), flush=True)
+    load_before = load_average()
+    times = run_interleaved(copy.deepcopy(vtde), others, batches, args)
+    timed = {name: values[args.warmup:] for name, values in times.items()}
+    median = {name: statistics.median(values) for name, values in timed.items()}
 
-    median = {name: statistics.median(values) for name, values in rates.items()}
-    ours, bare, hf = names
-    headers = ["method", "samples/s", "min", "max", "step time vs ours"]
-    rows = [[name, median[name], min(rates[name]), max(rates[name]), f"{median[ours] / median[name]:.2f}x"]
-            for name in names]
-    print(f"\nbatch {args.batch_size}, {sizes.image_size}px images, {args.seq_len}-token captions, "
-          f"precision {args.mixed_precision}, {torch.get_num_threads()} threads, {args.steps} timed steps x "
-          f"{args.rounds} rounds (median round), pre-collated synthetic batches (no data loading); "
-          f"load averages {', '.join(loads)}")
+    headers = ["method", "samples/s (median step)", "samples/s (mean step)", "step time / ours"]
+    rows = [[name, args.batch_size / median[name], args.batch_size / statistics.fmean(timed[name]),
+             f"{median[name] / median[OURS]:.3f}x"] for name in (OURS, BARE, HF)]
+    print(f"\nbatch {args.batch_size}, {sizes.image_size}px images, {args.seq_len}-token captions, precision "
+          f"{args.mixed_precision}, {torch.get_num_threads()} thread(s); {args.steps} timed steps per method after "
+          f"{args.warmup} warm-up, interleaved step by step; pre-collated synthetic batches (no data loading); "
+          f"load average {load_before} before, {load_average()} after")
     print(format_table(headers, rows))
-    print(f"\nours / bare step time: {median[bare] / median[ours]:.3f}x (goal <= 1.05x)")
-    print(f"VTDE+Trainer / ours step time: {median[ours] / median[hf]:.3f}x")
+    print(f"\nours / bare step time: {median[OURS] / median[BARE]:.3f}x (goal <= 1.05x)")
+    print(f"VTDE+Trainer / ours step time: {median[HF] / median[OURS]:.3f}x")
 
 
 if __name__ == "__main__":
