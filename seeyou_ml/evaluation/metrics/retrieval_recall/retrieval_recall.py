@@ -58,14 +58,15 @@ class RetrievalRecall(evaluate.Metric):
                     "text_to_image": datasets.Value("int64"),
                 }
             ),
-            format="numpy",
         )
 
     def _compute(self, text_embeds, text_to_image, image_embeds=None, ks=(1, 5, 10), chunk_size=2048):
         if image_embeds is None:
             raise ValueError("retrieval_recall needs image_embeds=(N, D) in compute(); add_batch takes captions only.")
-        # Rows of equal length come back as one 2-D array; ragged rows as an array of arrays.
-        texts = np.stack(list(text_embeds)) if text_embeds.dtype == object else np.asarray(text_embeds)
         return retrieval_recall(
-            np.asarray(image_embeds, dtype=np.float32), texts, text_to_image, ks=ks, chunk_size=chunk_size
+            np.asarray(image_embeds, dtype=np.float32),
+            np.asarray(text_embeds, dtype=np.float32),
+            np.asarray(text_to_image, dtype=np.int64),
+            ks=ks,
+            chunk_size=chunk_size,
         )
