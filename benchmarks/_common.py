@@ -17,7 +17,6 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLICKR_DIR = REPO_ROOT.parent / "shared" / "data" / "flickr8k-multi"
@@ -133,53 +132,41 @@ def load_flickr(split: str, max_images: Optional[int] = None) -> Any:
     return dataset
 
 
-@torch.no_grad()
-def evaluate_per_language(
-    model: Any, processor: Any, dataset: Any, batch_size: int = 128, max_length: int = 128,
-    ks: Sequence[int] = (1, 5, 10),
-) -> dict[str, dict[str, float]]:
-    """Val recall@k per caption language, for any dual encoder with `get_image_features`/`get_text_features`.
+class NormalizedFeatures(torch.nn.Module):
+    """A dual encoder whose `get_image_features`/`get_text_features` return L2-normalised `pooler_output`s.
 
-    Embeddings are L2-normalised here (a no-op for `SeeYouModel`; VTDE's features are unnormalised projections),
-    then scored with `seeyou_ml.evaluation.retrieval_recall`. Every language is scored against all the split's images.
+    `seeyou_ml.evaluation.evaluate_retrieval` expects normalised embeddings; `SeeYouModel` returns them, while
+    `VisionTextDualEncoderModel` returns the raw projections (it normalises only inside `forward`).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def get_image_features(self, **kwargs) -> Any:
+        outputs = self.model.get_image_features(**kwargs)
+        outputs.pooler_output = F.normalize(outputs.pooler_output, dim=-1)  # (B, D)
+        return outputs
+
+    def get_text_features(self, **kwargs) -> Any:
+        outputs = self.model.get_text_features(**kwargs)
+        outputs.pooler_output = F.normalize(outputs.pooler_output, dim=-1)  # (B, D)
+        return outputs
+
+
+def evaluate_per_language(model: Any, processor: Any, dataset: Any, batch_size: int = 128) -> dict[str, dict]:
+    """Val R@1/5/10 per caption language (image→text and text→image) with `seeyou_ml.evaluation.evaluate_retrieval`.
 
     Returns:
-        `{lang: {"image_to_text/R@k": ..., "text_to_image/R@k": ..., "rsum": ...}}` in percent.
+        `{lang: {"image_to_text/R@k": ..., "text_to_image/R@k": ..., "rsum": ..., ...}}` in percent.
     """
-    from seeyou_ml.evaluation.retrieval import retrieval_recall
+    from seeyou_ml.evaluation.evaluator import evaluate_retrieval
 
     model.eval()
-    image_ids = dataset["image_id"]
-    order = list(dict.fromkeys(image_ids))  # unique image ids in first-seen order
-    position = {image_id: i for i, image_id in enumerate(order)}
-    first_row = {}
-    for row, image_id in enumerate(image_ids):
-        first_row.setdefault(image_id, row)
-    image_column = dataset.select_columns(["image"])
-
-    image_embeds = []
-    for start in tqdm(range(0, len(order), batch_size), desc="embed images", leave=False):
-        rows = [first_row[i] for i in order[start:start + batch_size]]
-        images = [image_column[r]["image"].convert("RGB") for r in rows]
-        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-        image_embeds.append(F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1))
-    image_embeds = torch.cat(image_embeds)  # (N, D)
-
-    captions, langs = dataset["caption"], dataset["lang"]
-    text_embeds = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="embed captions", leave=False):
-        tokens = processor(text=captions[start:start + batch_size], return_tensors="pt", padding=True,
-                           truncation=True, max_length=max_length)
-        features = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        text_embeds.append(F.normalize(features.pooler_output, dim=-1))
-    text_embeds = torch.cat(text_embeds)  # (M, D)
-
-    owners = torch.tensor([position[i] for i in image_ids])
-    results = {}
-    for lang in sorted(set(langs)):
-        rows = torch.tensor([i for i, code in enumerate(langs) if code == lang])
-        results[lang] = retrieval_recall(image_embeds, text_embeds[rows], owners[rows], ks=ks)
-    return results
+    results = evaluate_retrieval(NormalizedFeatures(model), processor, dataset, batch_size=batch_size,
+                                 text_to_text=False, progress=False)
+    return results["per_language"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -20,7 +20,8 @@ Both use the same tokenizer (SentencePiece trained on the train captions, cached
 image processor (resize to the tower's size, ImageNet statistics), the same threads and no data workers. Data loading
 counts against both budgets. Each arm runs in its own process; by default the two run side by side, so that on a
 shared machine both see the same background load. Evaluation: R@1/5/10 per val
-language, image→text and text→image, over L2-normalised embeddings (see `_common.evaluate_per_language`).
+language, image→text and text→image, by `seeyou_ml.evaluation.evaluate_retrieval` over L2-normalised embeddings
+(VTDE's features are normalised by a wrapper; see `_common.evaluate_per_language`).
 
     python benchmarks/recipe_vs_baseline.py                                   # 480 s per arm
     python benchmarks/recipe_vs_baseline.py --budget-seconds 60 --max-train-images 1000   # smoke test
@@ -68,7 +69,7 @@ DEFAULT_RECIPE = {
 }
 RUN_CLIP_ARGS = {"per_device_train_batch_size": 64, "learning_rate": 5e-5, "warmup_steps": 0, "weight_decay": 0.1}
 RUN_CLIP_MAX_SEQ_LENGTH = 128
-PROBE_STEPS = 2
+PROBE_STEPS = 3
 SAFETY = 0.97  # plan the cosine to end slightly before the budget: step times drift on a shared machine
 
 
