@@ -19,9 +19,9 @@ wall-clock budget on flickr8k-multi train and scored with the same evaluator on 
 Both use the same tokenizer (SentencePiece trained on the train captions, cached under outputs/benchmarks), the same
 image processor (resize to the tower's size, ImageNet statistics), the same threads and no data workers. Data loading
 counts against both budgets. Each arm runs in its own process; by default the two run side by side, so that on a
-shared machine both see the same background load. Evaluation: R@1/5/10 per val
-language, image→text and text→image, by `seeyou_ml.evaluation.evaluate_retrieval` over L2-normalised embeddings
-(VTDE's features are normalised by a wrapper; see `_common.evaluate_per_language`).
+shared machine both see the same background load. Evaluation: R@1/5/10 per val language, image→text and
+text→image, by `seeyou_ml.evaluation.evaluate_retrieval` over L2-normalised embeddings (VTDE's features are
+normalised by a wrapper; see `_common.evaluate_per_language`).
 
     python benchmarks/recipe_vs_baseline.py                                   # 480 s per arm
     python benchmarks/recipe_vs_baseline.py --budget-seconds 60 --max-train-images 1000   # smoke test
@@ -53,6 +53,7 @@ from _common import (  # noqa: E402
     format_table,
     load_average,
     load_flickr,
+    seeyou_from_vtde,
 )
 
 RECIPE_FILE = REPO_ROOT / "recipes" / "flickr8k-multi.yaml"
@@ -110,6 +111,11 @@ def our_recipe(args: argparse.Namespace, output_dir: Path):
                                         "languages": None, "num_workers": 0})
     data["data"]["max_length"] = min(data["data"].get("max_length") or RUN_CLIP_MAX_SEQ_LENGTH,
                                      RUN_CLIP_MAX_SEQ_LENGTH)
+    # The model is built here (from the shared initial VTDE), so only the recipe's training switches of its model
+    # section apply.
+    model = data.get("model", {})
+    data["model"] = {"preset": None, **{k: model[k] for k in ("gradient_checkpointing", "freeze_batchnorm")
+                                        if k in model}}
     data["monitor"] = {**data.get("monitor", {}), "report_to": None, "progress_bar": True}
     data["checkpoint"] = {"save_every": 0}
     return TrainingRecipe.from_dict(data), source.exists()
@@ -129,7 +135,6 @@ def rescale_stages(recipe, total_steps: int):
 def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
     from transformers import VisionTextDualEncoderModel
 
-    from _common import seeyou_from_vtde
     from seeyou_ml.presets import tiny_processor
     from seeyou_ml.training.build import build_batch_sampler, build_collator
     from seeyou_ml.training.trainer import Trainer, make_accelerator
