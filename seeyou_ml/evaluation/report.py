@@ -84,10 +84,10 @@ def _recall_bars(plt, results: dict[str, Any], path: Path) -> Path:
             axis.bar_label(bars, fmt="%.0f", fontsize=7)
         axis.set_xticks(range(len(langs)), langs)
         axis.set_title(title)
-        axis.set_ylim(0, 105)
+        axis.set_ylim(0, 118)  # headroom for the legend above 100 %
         axis.grid(axis="y", alpha=0.3)
+        axis.legend(loc="upper center", ncol=len(cuts), fontsize=8)
     axes[0].set_ylabel("recall (%)")
-    axes[1].legend(loc="upper right", fontsize=8)
     figure.suptitle("Retrieval recall per language")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
