@@ -151,5 +151,34 @@ register_subcommand(
 )
 
 
+# ---- seeyou train ------------------------------------------------------------------------------------------------
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="recipe YAML file (see recipes/)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="recipe fields as --key value: dotted (--optim.lr 1e-4) or, when unique, bare (--lr 1e-4); "
+                             "--print_recipe prints the resolved recipe without training")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training.launch import run
+
+    overrides = [arg for arg in args.overrides if arg != "--print_recipe"]
+    run(args.config, overrides, print_recipe=len(overrides) != len(args.overrides))
+    return 0
+
+
+register_subcommand(
+    Subcommand(
+        name="train",
+        help="Train from a recipe: seeyou train recipes/scenes-tiny.yaml [--key value ...] (or accelerate launch "
+             "recipes/train.py --config ... for several processes).",
+        add_arguments=_add_train_arguments,
+        run=_run_train,
+    )
+)
+
+
 if __name__ == "__main__":
     sys.exit(main())

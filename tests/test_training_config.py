@@ -29,7 +29,7 @@ def test_overrides_dotted_bare_and_into_lists_and_mappings():
     recipe = TrainingRecipe().with_overrides([
         "--optim.lr", "1e-4", "--batch_size=32", "--stages.0.steps", "7", "--freeze_batchnorm", "true",
         "--losses.grounding_loss.start_step", "50", "--model.config_overrides.text_pooling", "cls",
-        "--resume_from", "latest",
+        "--resume_from", "latest", "--corpus_kwargs.num_images", "40",
     ])
     assert recipe.optim.lr == 1e-4
     assert recipe.data.batch_size == 32
@@ -38,6 +38,7 @@ def test_overrides_dotted_bare_and_into_lists_and_mappings():
     assert recipe.losses["grounding_loss"] == LossTermConfig(weight=1.0, start_step=50)
     assert recipe.model.config_overrides == {"text_pooling": "cls"}
     assert recipe.resume_from == "latest"
+    assert recipe.data.corpus_kwargs == {"num_images": 40}
     assert recipe.with_overrides(["--resume_from", "null"]).resume_from is None
 
 
@@ -66,3 +67,15 @@ def test_shipped_recipes_parse(path):
     recipe = TrainingRecipe.from_yaml(path)
     assert recipe.total_steps > 0
     assert "contrastive_loss" in recipe.losses
+
+
+def test_train_entry_points_print_the_resolved_recipe(capsys):
+    from seeyou_ml.cli import main as seeyou
+    from seeyou_ml.training.launch import main as train_py
+
+    recipe = str(RECIPES / "scenes-tiny.yaml")
+    train_py(["--config", recipe, "--lr", "4e-4", "--print_recipe"])
+    printed = capsys.readouterr().out
+    assert TrainingRecipe.from_dict(__import__("yaml").safe_load(printed)).optim.lr == 4e-4
+    assert seeyou(["train", recipe, "--optim.lr", "4e-4", "--print_recipe"]) == 0
+    assert capsys.readouterr().out == printed

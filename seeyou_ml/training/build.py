@@ -150,13 +150,30 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         collate_fn=build_collator(recipe.data, processor),
         batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
         eval_dataset=evaluation,
+        evaluate_fn=build_evaluate_fn(recipe.data, evaluation) if evaluation is not None else None,
         accelerator=accelerator,
     )
+
+
+def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
+    """`evaluate_retrieval`, with zero-shot classification over the scenes corpus's labels and prompts."""
+    import functools
+
+    from ..evaluation import evaluate_retrieval
+
+    if config.corpus != "scenes":
+        return evaluate_retrieval
+    from ..data.scenes import class_prompts
+
+    languages = sorted(set(dataset["lang"]))
+    return functools.partial(evaluate_retrieval, label_column="label",
+                             prompts={lang: class_prompts(lang) for lang in languages})
 
 
 __all__ = [
     "build_batch_sampler",
     "build_collator",
+    "build_evaluate_fn",
     "build_model_and_processor",
     "build_trainer",
     "corpus_tokenizer",

@@ -288,15 +288,17 @@ def _pairs(args: list[str]) -> list[tuple[str, Optional[str]]]:
     return pairs
 
 
-def _leaf_paths(data: Any, prefix: tuple = ()) -> list[tuple]:
+def _node_paths(data: Any, prefix: tuple = ()) -> list[tuple]:
+    """Paths of every field and section of `data` (not descending into free-form mappings)."""
+    paths = [prefix] if prefix else []
     if isinstance(data, dict) and (not prefix or not _is_open_mapping(prefix[-1]) or prefix[-1] == "losses"):
-        return [p for k, v in data.items() for p in _leaf_paths(v, prefix + (k,))] or [prefix]
-    return [prefix]
+        for key, value in data.items():
+            paths += _node_paths(value, prefix + (key,))
+    return paths
 
 
-def _resolve_key(key: str, data: dict) -> tuple:
-    """The path of `key` in `data`: its dotted form when that exists, else the unique field of that bare name."""
-    parts = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+def _walk(parts: tuple, data: dict) -> bool:
+    """Whether `parts` is a path from the root of `data` (anything below a free-form mapping counts)."""
     node = data
     for part in parts:
         if isinstance(node, list) and isinstance(part, int) and part < len(node):
@@ -304,20 +306,27 @@ def _resolve_key(key: str, data: dict) -> tuple:
         elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
-            break
+            return False
         if _is_open_mapping(part):
             # Keys below a free-form section may be new, so any path into it is accepted.
-            return parts
-    else:
+            return True
+    return True
+
+
+def _resolve_key(key: str, data: dict) -> tuple:
+    """The path of `key` in `data`: its dotted form from the root, else with its first part the unique field or
+    section of that name (`--lr`, `--corpus_kwargs.num_images`)."""
+    parts = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    if _walk(parts, data):
         return parts
-    leaves = _leaf_paths(data)
-    matches = [p for p in leaves if p[-len(parts):] == parts] if len(parts) == 1 else []
+    nodes = _node_paths(data)
+    matches = [p + parts[1:] for p in nodes if p[-1] == parts[0] and _walk(p + parts[1:], data)]
     if len(matches) == 1:
         return matches[0]
-    names = sorted({".".join(map(str, p)) for p in leaves})
     if len(matches) > 1:
-        options = ", ".join(".".join(map(str, m)) for m in matches)
+        options = ", ".join("--" + ".".join(map(str, m)) for m in matches)
         raise ValueError(f"Override --{key} is ambiguous; write one of: {options}.")
+    names = sorted({".".join(map(str, p)) for p in nodes})
     close = difflib.get_close_matches(key, names, n=3) or difflib.get_close_matches(
         key, [n.split(".")[-1] for n in names], n=3
     )

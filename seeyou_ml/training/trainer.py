@@ -37,7 +37,7 @@ from .checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard
-from .objectives import active_weights, check_loss_terms, compute_losses
+from .objectives import active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
 from .stages import StageController
 
@@ -366,7 +366,7 @@ class Trainer:
         if step % max(recipe.monitor.log_every, 1) == 0 or step == recipe.total_steps:
             logs.update({"train/loss": loss, "train/samples_per_second": rate,
                          "train/skipped_steps": self.guard.skipped,
-                         "train/logit_scale": float(self.unwrapped.logit_scale.detach().exp())})
+                         "train/logit_scale": float(logit_scale_of(self.unwrapped).detach())})
             logs.update({f"train/{name}": value for name, value in terms.items()})
             logs.update({f"lr/{name}": value for name, value in lrs.items()})
         every = recipe.monitor.collapse_every
