@@ -8,6 +8,7 @@ the embedded default) or two Hub checkpoints (e.g. `microsoft/resnet-50` + `xlm-
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -45,6 +46,9 @@ def build_model_and_processor(config: ModelConfig, tokenizer: Any = None) -> tup
 
             tokenizer = scenes_tokenizer()
         preset = dict(config.preset_kwargs)
+        # The text tower has positions for this many tokens; the saved tokenizer truncates there for every user.
+        limit = preset.get("max_text_length", inspect.signature(tiny_config).parameters["max_text_length"].default)
+        tokenizer.model_max_length = min(tokenizer.model_max_length or limit, limit)
         model_config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **preset,
                                    **config.config_overrides)
         processor = tiny_processor(tokenizer, image_size=preset.get("image_size", 64))
