@@ -36,7 +36,7 @@ def _batchnorm_eval(model):
     return model
 
 
-@pytest.mark.parametrize("sub_batch_size", [1, 5, 12])
+@pytest.mark.parametrize("sub_batch_size", [3, 5])
 def test_gradients_equal_one_big_batch(tiny_tokenizer, batch, sub_batch_size):
     model = _batchnorm_eval(tiny_model(len(tiny_tokenizer)))
     reference_loss = _loss(embed_pair(model, batch), batch, model)
