@@ -1,6 +1,29 @@
 """Training with Accelerate: recipes, optimiser and schedule, GradCache accumulation, checkpoints and monitoring."""
 
+from .build import build_trainer
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainingRecipe
+from .grad_cache import cache_embeddings
+from .monitor import CollapseMonitor, NonFiniteLossGuard, TrainingDivergedError
+from .objectives import register_loss_term
 from .optim import StagedCosineSchedule, build_optimizer, build_param_groups, build_schedule
+from .trainer import TrainOutput, Trainer
 
-__all__ = ["StagedCosineSchedule", "TrainingRecipe", "build_optimizer", "build_param_groups", "build_schedule"]
+__all__ = [
+    "CollapseMonitor",
+    "NonFiniteLossGuard",
+    "StagedCosineSchedule",
+    "TrainOutput",
+    "Trainer",
+    "TrainingDivergedError",
+    "TrainingRecipe",
+    "build_optimizer",
+    "build_param_groups",
+    "build_schedule",
+    "build_trainer",
+    "cache_embeddings",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "register_loss_term",
+    "save_checkpoint",
+]
