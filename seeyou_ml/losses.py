@@ -23,14 +23,34 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums the gradient of the gathered tensor over ranks and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, world_size = _distributed()
+        ctx.batch = tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)  # (B, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # Every rank's loss depends on every rank's features: this rank's gradient is the sum of their pulls.
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenates `tensor` (b, ...) of every rank into (B, ...), keeping the gradient path to every rank's input."""
+    """Concatenates `tensor` (b, ...) of every rank into (B, ...), keeping the gradient path to every rank's input.
+
+    Every rank must hold the same b.
+    """
     _, world_size = _distributed()
     if world_size == 1:
         return tensor
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
