@@ -74,8 +74,12 @@ def build_vtde(vocab_size: int, pad_token_id: int, sizes: TowerSizes, seed: int)
     return VisionTextDualEncoderModel(config)
 
 
-def seeyou_from_vtde(vtde: Any) -> Any:
-    """A `SeeYouModel` with the towers, projections and temperature of `vtde` (same embeddings, same loss)."""
+def seeyou_from_vtde(vtde: Any, text_pooling: str = "pooler") -> Any:
+    """A `SeeYouModel` with the towers, projections and temperature of `vtde`.
+
+    With `text_pooling="pooler"` (VTDE's: the text tower's tanh pooler over the first token) it computes the same
+    embeddings and loss as `vtde`; `"mean"`/`"cls"` keep every weight but read the caption out another way.
+    """
     from seeyou_ml import SeeYouConfig, SeeYouModel
 
     config = SeeYouConfig.from_vision_text_configs(
@@ -90,6 +94,7 @@ def seeyou_from_vtde(vtde: Any) -> Any:
     missing, unexpected = model.load_state_dict(vtde.state_dict(), strict=False)
     if unexpected or any("position_ids" not in key for key in missing):
         raise RuntimeError(f"VTDE and SeeYouModel weights do not line up: missing {missing}, unexpected {unexpected}.")
+    model.config.text_pooling = text_pooling
     return model
 
 

@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "here). Built-in defaults when the file does not exist.")
     parser.add_argument("--baseline-lr", type=float, default=RUN_CLIP_ARGS["learning_rate"],
                         help="Baseline learning rate (run_clip's documented 5e-5 by default; for ablations).")
+    parser.add_argument("--ours-text-pooling", choices=["pooler", "mean", "cls"], default="pooler",
+                        help="How our model reads a caption out of the (same) text tower: `pooler` is VTDE's tanh "
+                             "pooler over <s> (identical model); `mean` is SeeYouModel's default.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the shared initialisation and of both runs.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each arm.")
     parser.add_argument("--sequential", action="store_true",
@@ -145,7 +148,8 @@ def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
     tokenizer = flickr_tokenizer()
     sizes = TowerSizes()
     processor = tiny_processor(tokenizer, image_size=sizes.image_size)
-    model = seeyou_from_vtde(VisionTextDualEncoderModel.from_pretrained(str(work_dir / "init")))
+    model = seeyou_from_vtde(VisionTextDualEncoderModel.from_pretrained(str(work_dir / "init")),
+                             text_pooling=args.ours_text_pooling)
     train = load_flickr("train", args.max_train_images)
     accelerator = make_accelerator(recipe)
 
@@ -188,7 +192,8 @@ def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
         "batch_size": recipe.data.batch_size,
         "final_loss": statistics.fmean(losses[-10:]) if losses else float("nan"),
         "recipe": f"{Path(args.recipe).name if from_file else 'built-in defaults'}, "
-                  f"lr {recipe.optim.lr:g}, precision {accelerator.mixed_precision}",
+                  f"lr {recipe.optim.lr:g}, precision {accelerator.mixed_precision}, "
+                  f"text pooling {args.ours_text_pooling}",
         "results": results,
     }
 
@@ -270,7 +275,7 @@ def run_baseline(args: argparse.Namespace, work_dir: Path) -> dict:
         "samples": result.global_step * RUN_CLIP_ARGS["per_device_train_batch_size"],
         "batch_size": RUN_CLIP_ARGS["per_device_train_batch_size"],
         "final_loss": losses[-1] if losses else float("nan"),
-        "recipe": f"run_clip.py, lr {args.baseline_lr:g}, fp32",
+        "recipe": f"run_clip.py, lr {args.baseline_lr:g}, fp32, text pooling pooler",
         "results": results,
     }
 
