@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--recipe", default=str(RECIPE_FILE),
                         help="Our recipe YAML (data/optim/stages/precision are used; model and corpus are fixed "
                              "here). Built-in defaults when the file does not exist.")
+    parser.add_argument("--ours-lr", type=float, default=None,
+                        help="Peak learning rate of our recipe (default: the recipe's; for ablations).")
     parser.add_argument("--baseline-lr", type=float, default=RUN_CLIP_ARGS["learning_rate"],
                         help="Baseline learning rate (run_clip's documented 5e-5 by default; for ablations).")
     parser.add_argument("--ours-text-pooling", choices=["pooler", "mean", "cls"], default="pooler",
@@ -121,6 +123,8 @@ def our_recipe(args: argparse.Namespace, output_dir: Path):
                                         if k in model}}
     data["monitor"] = {**data.get("monitor", {}), "report_to": None, "progress_bar": True}
     data["checkpoint"] = {"save_every": 0}
+    if args.ours_lr is not None:
+        data.setdefault("optim", {})["lr"] = args.ours_lr
     return TrainingRecipe.from_dict(data), source.exists()
 
 
