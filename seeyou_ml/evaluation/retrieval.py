@@ -156,9 +156,11 @@ def _as_matrix(embeds, name: str, dtype: torch.dtype) -> torch.Tensor:
     if matrix.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (rows, dim) array; got shape {tuple(matrix.shape)}.")
     matrix = matrix.detach().to("cpu", dtype)
-    bad = (~torch.isfinite(matrix.float())).any(dim=1).nonzero()
-    if bad.numel():
-        raise ValueError(f"row {int(bad[0])} of {name} is not finite (NaN or inf); fix or drop that embedding.")
+    for start in range(0, matrix.shape[0], 65536):  # in slices: a full-size mask would rival the tiles in memory
+        bad = (~torch.isfinite(matrix[start : start + 65536]).all(dim=1)).nonzero()
+        if bad.numel():
+            row = start + int(bad[0])
+            raise ValueError(f"row {row} of {name} is not finite (NaN or inf); fix or drop that embedding.")
     return matrix
 
 
