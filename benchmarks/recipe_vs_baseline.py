@@ -173,9 +173,7 @@ def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
     batches, times = iter(probe.loader), []
     tick = time.perf_counter()
     for i in range(PROBE_STEPS + 1):
-        probe.training_step(next(batches))
-        probe.scheduler.step()
-        probe.step += 1
+        probe.optimizer_step(next(batches))
         now = time.perf_counter()
         if i:  # the first step pays one-off costs
             times.append(now - tick)

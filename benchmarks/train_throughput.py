@@ -3,8 +3,8 @@
 Three ways to take one optimizer step on the same towers (the tiny ViT + tiny XLM-R of `_common.TowerSizes`), from
 the same initial weights, at the same batch size, caption length, image size and precision:
 
-- **ours**: `seeyou_ml.training.Trainer.training_step` + the schedule's step, i.e. `SeeYouModel` forward with the
-  contrastive loss, backward through accelerate, gradient clipping at 1.0, AdamW over per-tower parameter groups,
+- **ours**: `seeyou_ml.training.Trainer.optimizer_step`, the step of the training loop: `SeeYouModel` forward with
+  the contrastive loss, backward through accelerate, gradient clipping at 1.0, AdamW over per-tower parameter groups,
   the staged warmup-cosine schedule, plus the step's bookkeeping (stage check, NaN guard, loss reduction).
 - **bare**: `vision_model(pixel_values)` and `text_model(input_ids, attention_mask)`, a trivial loss of their
   pooled outputs (mean of squares), backward, `torch.optim.AdamW` step, `zero_grad`: the floor any trainer pays.
@@ -78,7 +78,7 @@ def synthetic_batches(args: argparse.Namespace, image_size: int) -> list[dict]:
 
 class PreCollatedSampler(list):
     """Batch sampler over a list of pre-collated batches: each "batch" is one index (unused by the timed steps,
-    which feed the batches to `training_step` directly; the Trainer only needs a sampler to build its loader)."""
+    which feed the batches to `optimizer_step` directly; the Trainer only needs a sampler to build its loader)."""
 
     batch_size = 1
 
@@ -107,9 +107,7 @@ def ours_step(model, batches, args):
                       batch_sampler=PreCollatedSampler(len(batches)))
 
     def step(i: int) -> None:
-        trainer.training_step(batches[i % len(batches)])
-        trainer.scheduler.step()
-        trainer.step += 1
+        trainer.optimizer_step(batches[i % len(batches)])
 
     return step
 

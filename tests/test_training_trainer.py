@@ -1,4 +1,5 @@
-"""The training loop: exact resume, 2 processes = 1 process, stages and late loss terms, the output directory."""
+"""The training loop: exact resume, its single step, 2 processes = 1 process, stages and late loss terms, the output
+directory."""
 
 from __future__ import annotations
 
@@ -42,6 +43,27 @@ def test_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly(tmp_path, t
     assert [step for step, _ in resumed.losses] == [4, 5, 6]
     assert resumed.losses == uninterrupted.losses[4:]  # exactly, dropout and the stage change included
     for (name, a), b in zip(full.unwrapped.state_dict().items(), resumed_trainer.unwrapped.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_optimizer_step_is_the_loops_step(tmp_path, tiny_tokenizer):
+    records = make_records(24)  # one epoch of 3 batches
+    sections = dict(stages=[{"name": "lit", "steps": 2, "freeze": ["vision"]}, {"name": "joint", "steps": 1}])
+    looped = make_trainer(tiny_recipe(tmp_path / "loop", **sections), tiny_tokenizer, records)
+    output = looped.train()
+
+    stepped = make_trainer(tiny_recipe(tmp_path / "step", **sections), tiny_tokenizer, records)
+    stepped.loader.set_epoch(0)
+    results, rates = [], []
+    for batch in stepped.loader:
+        results.append(stepped.optimizer_step(batch))
+        rates.append([group["lr"] for group in stepped.optimizer.param_groups])
+    assert stepped.step == looped.step == 3
+    assert [(i, r.loss) for i, r in enumerate(results)] == output.losses
+    assert not any(r.skipped for r in results)
+    assert set(results[0].terms) == {"contrastive_loss"} and results[0].embeddings["image_embeds"].shape == (8, 16)
+    assert [group["lr"] for group in looped.optimizer.param_groups] == rates[-1]
+    for (name, a), b in zip(looped.unwrapped.state_dict().items(), stepped.unwrapped.state_dict().values()):
         assert torch.equal(a, b), name
 
 

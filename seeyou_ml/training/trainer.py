@@ -69,6 +69,23 @@ class TrainOutput:
     output_dir: Optional[Path] = None
 
 
+@dataclass
+class StepOutput:
+    """What [`Trainer.optimizer_step`] returns.
+
+    Args:
+        loss: the loss averaged over processes; NaN or inf when the step was skipped.
+        terms: the unweighted loss terms, averaged over processes.
+        embeddings: this process's detached `image_embeds` and `text_embeds`, (b, D) each.
+        skipped: whether the update was skipped (non-finite loss or gradient norm) and counted by the guard.
+    """
+
+    loss: float
+    terms: dict[str, float] = field(default_factory=dict)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: bool = False
+
+
 class SeededCollate:
     """Runs a collate function under a random state derived from the batch, leaving the global state untouched.
 
@@ -237,15 +254,38 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------------------------
 
+    def optimizer_step(self, batch: Mapping[str, Any]) -> StepOutput:
+        """One optimizer step on a global batch, exactly as the training loop takes it.
+
+        Applies the stage of the current step (frozen towers, modes), runs [`Trainer.training_step`], records the
+        loss with the non-finite guard, advances the learning-rate schedule and the step counter. Logging,
+        checkpoints and evaluation stay with the loop.
+
+        Args:
+            batch: a collated global batch (this process's share of it when several run), keys as `model.forward`'s.
+
+        Returns:
+            A [`StepOutput`]; `skipped` steps left the weights unchanged.
+
+        Raises:
+            TrainingDivergedError: when this is `monitor.max_consecutive_nonfinite`-th non-finite loss in a row.
+        """
+        self.stages.apply(self.step)
+        loss, terms, embeddings = self.training_step(batch)
+        finite = self.guard.update(loss, self.step)
+        self.scheduler.step()
+        self.step += 1
+        return StepOutput(loss=loss, terms=terms, embeddings=embeddings, skipped=not finite)
+
     def training_step(self, batch: Mapping[str, Any]) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
-        """Forward, loss, backward, gradient sync, clipping and the optimizer update for one global batch.
+        """Forward, loss, backward, gradient sync, clipping and the optimizer update for one global batch, in the
+        stage that [`Trainer.optimizer_step`] applied (call that one: it also keeps the schedule and counters).
 
         Returns:
             `(loss, terms, embeddings)`: the loss averaged over processes (NaN/inf when skipped), the unweighted terms
             and this process's detached (b, D) embeddings for the collapse monitor.
         """
         accelerator = self.accelerator
-        self.stages.apply(self.step)
         self.stages.train_mode()
         weights = active_weights(self.recipe.losses, self.step)
         cached = None
@@ -323,7 +363,7 @@ class Trainer:
     def _loop(self, output: TrainOutput, bar: tqdm) -> None:
         """Steps through epochs (resuming mid-epoch) until the last stage ends."""
         accelerator, recipe, total_steps = self.accelerator, self.recipe, self.recipe.total_steps
-        started, start_step = time.perf_counter(), self.step
+        started, start_step, stage = time.perf_counter(), self.step, self.stages.current
         while self.step < total_steps:
             self.collate.epoch = self.epoch
             loader = self.loader
@@ -333,16 +373,14 @@ class Trainer:
             loader.set_epoch(self.epoch)
             self.batch_sampler.set_epoch(self.epoch)
             for batch in loader:
-                if self.stages.apply(self.step):
-                    bar.set_description(self.stages.name)
-                loss, terms, embeddings = self.training_step(batch)
-                self.guard.update(loss, self.step)
-                self.scheduler.step()
-                self.step += 1
+                result = self.optimizer_step(batch)
                 self.batch_in_epoch += 1
-                output.losses.append((self.step - 1, loss))
+                if self.stages.current != stage:
+                    stage = self.stages.current
+                    bar.set_description(self.stages.name)
+                output.losses.append((self.step - 1, result.loss))
                 rate = (self.step - start_step) * recipe.data.batch_size / (time.perf_counter() - started)
-                self._after_step(loss, terms, embeddings, rate, bar)
+                self._after_step(result, rate, bar)
                 if self.step >= total_steps:
                     break
             else:
@@ -351,9 +389,10 @@ class Trainer:
                 continue
             break
 
-    def _after_step(self, loss: float, terms: dict, embeddings: dict, rate: float, bar: tqdm) -> None:
+    def _after_step(self, result: StepOutput, rate: float, bar: tqdm) -> None:
         """Logging, collapse checks, periodic evaluation and checkpoints after optimizer step `self.step`."""
         recipe, step = self.recipe, self.step
+        loss, terms, embeddings = result.loss, result.terms, result.embeddings
         lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
         lr = max(lrs.values())
         bar.update(1)
@@ -448,4 +487,4 @@ class Trainer:
         return results
 
 
-__all__ = ["SeededCollate", "TrainOutput", "Trainer", "average_gradients", "make_accelerator", "preserved_rng"]
+__all__ = ["SeededCollate", "StepOutput", "TrainOutput", "Trainer", "average_gradients", "make_accelerator", "preserved_rng"]
