@@ -62,6 +62,18 @@ def test_unknown_key_suggests_the_known_one():
         TrainingRecipe.from_dict({"optim": {"warmup": 10}})
 
 
+def test_time_budget_and_schedule_fields():
+    recipe = TrainingRecipe().with_overrides(["--max_train_seconds", "90", "--schedule_by", "time"])
+    assert (recipe.max_train_seconds, recipe.schedule_by) == (90.0, "time")
+    assert TrainingRecipe().max_train_seconds is None and TrainingRecipe().schedule_by == "steps"
+    with pytest.raises(ValueError, match="schedule_by=time spreads .* set --max_train_seconds SECONDS"):
+        TrainingRecipe().with_overrides(["--schedule_by", "time"])
+    with pytest.raises(ValueError, match="schedule_by='hours' is unknown; use one of steps, time"):
+        TrainingRecipe().with_overrides(["--schedule_by", "hours"])
+    with pytest.raises(ValueError, match="max_train_seconds=0.0 leaves no time to train"):
+        TrainingRecipe().with_overrides(["--max_train_seconds", "0"])
+
+
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_parse(path):
     recipe = TrainingRecipe.from_yaml(path)

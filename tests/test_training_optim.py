@@ -51,12 +51,16 @@ def test_groups_need_the_towers_by_name():
         build_param_groups(torch.nn.Linear(2, 2), OptimConfig())
 
 
-def _rates(config, stages, steps):
+def _schedule(config, stages):
     model = torch.nn.Module()
     model.vision_model, model.text_model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     model.logit_scale = torch.nn.Parameter(torch.tensor(0.0))
     optimizer = build_optimizer(model, config)
-    schedule = StagedCosineSchedule(optimizer, stage_table(config, stages), config.min_lr_ratio)
+    return optimizer, StagedCosineSchedule(optimizer, stage_table(config, stages), config.min_lr_ratio)
+
+
+def _rates(config, stages, steps):
+    optimizer, schedule = _schedule(config, stages)
     rates = []
     for _ in range(steps):
         rates.append({g["name"]: g["lr"] for g in optimizer.param_groups})
@@ -85,6 +89,26 @@ def test_stages_restart_warmup_with_their_own_rates_and_freeze_to_zero():
     # joint: one warmup step, then cos over the 3 remaining steps: 1, 0.75, 0.25
     assert [r["vision/decay"] for r in rates[4:]] == pytest.approx([1.0, 1.0, 0.75, 0.25])
     assert rates[4]["text/decay"] == 1.0
+
+
+def test_set_position_equals_stepping_and_takes_fractional_positions():
+    config = OptimConfig(lr=1.0, head_lr=2.0, warmup_steps=2)
+    stages = [StageConfig(name="lit", steps=4, freeze=["vision"]), StageConfig(name="joint", steps=4)]
+    stepped = _rates(config, stages, 8)
+    optimizer, schedule = _schedule(config, stages)
+    for step in reversed(range(8)):  # any order: the rates depend on the position alone
+        schedule.set_position(step)
+        assert {g["name"]: g["lr"] for g in optimizer.param_groups} == stepped[step]
+    assert schedule.get_last_lr() == [g["lr"] for g in optimizer.param_groups]
+
+    def text_rate(position):
+        schedule.set_position(position)
+        return next(g["lr"] for g in optimizer.param_groups if g["name"] == "text/decay")
+
+    assert text_rate(0.5) == pytest.approx(0.75)  # warmup between steps 0 (0.5) and 1 (1.0)
+    assert text_rate(1.5) == 1.0  # capped at the peak before the warmup's last step
+    assert text_rate(8 / 3) == pytest.approx(0.75)  # cosine: a third of the way down
+    assert text_rate(4.5) == pytest.approx(0.75) and text_rate(5.5) == 1.0  # the next stage warms up again
 
 
 def test_schedule_state_round_trips():

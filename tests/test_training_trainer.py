@@ -18,7 +18,15 @@ from seeyou_ml import SeeYouProcessor
 from seeyou_ml.training.build import build_trainer
 from seeyou_ml.training.config import TrainingRecipe
 from seeyou_ml.training.objectives import LOSS_TERMS, register_loss_term
-from training_fixtures import REPO_ROOT, file_recipe, make_records, make_trainer, tiny_model, tiny_recipe
+from training_fixtures import (
+    REPO_ROOT,
+    StepClock,
+    file_recipe,
+    make_records,
+    make_trainer,
+    tiny_model,
+    tiny_recipe,
+)
 
 
 def test_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly(tmp_path, tiny_tokenizer):
@@ -68,7 +76,8 @@ def test_optimizer_step_is_the_loops_step(tmp_path, tiny_tokenizer):
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_tokenizer):
-    data = file_recipe(tmp_path, tiny_tokenizer, make_records(20), data={"sub_batch_size": 2})
+    # A budget that is never reached: the processes share the main one's clock to agree on when to stop.
+    data = file_recipe(tmp_path, tiny_tokenizer, make_records(20), data={"sub_batch_size": 2}, max_train_seconds=3600)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -86,6 +95,64 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ti
     assert len(two) == len(one) == 4
     assert max(abs(a - b) for a, b in zip(one, two)) <= 1e-5
     assert one[0] != one[-1]
+
+
+def test_time_budget_ends_the_loop_after_the_step_that_crosses_it_then_saves_and_evaluates(tmp_path,
+                                                                                          tiny_tokenizer):
+    def evaluate(model, processor, dataset, batch_size):
+        return {"en": {"image_to_text/R@1": 0.5}}
+
+    recipe = tiny_recipe(tmp_path, stages=[{"steps": 100}], max_train_seconds=25)
+    clock = StepClock(seconds_per_step=10)
+    trainer = clock.attach(make_trainer(recipe, tiny_tokenizer, make_records(16), eval_dataset=make_records(4),
+                                        evaluate_fn=evaluate, clock=clock))
+    output = trainer.train()
+    assert [step for step, _ in output.losses] == [0, 1, 2]  # 10, 20, then 30 s >= 25 s
+    assert (output.step, output.train_seconds) == (3, 30.0)
+    assert json.loads((tmp_path / "retrieval_results.json").read_text()) == {"step": 3, **output.metrics}
+    loaded = AutoModel.from_pretrained(tmp_path)
+    for (name, a), b in zip(trainer.unwrapped.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    # Scheduled by steps, the 100-step cosine has barely started.
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.schedule.lr_at(2, "vision"))
+
+
+def test_time_schedule_spreads_the_stages_over_the_budget_and_resumes_at_the_recorded_time(tmp_path,
+                                                                                          tiny_tokenizer):
+    records = make_records(24)
+    sections = dict(stages=[{"name": "lit", "steps": 4, "freeze": ["vision"]}, {"name": "joint", "steps": 4}],
+                    max_train_seconds=60, schedule_by="time", checkpoint={"save_every": 3})
+    clock = StepClock(seconds_per_step=10)
+    full = clock.attach(make_trainer(tiny_recipe(tmp_path / "full", **sections), tiny_tokenizer, records,
+                                     clock=clock))
+    seen = []
+    step = full.training_step
+
+    def recording_step(batch):
+        seen.append((full.position, full.stages.name,
+                     {g["name"]: g["lr"] for g in full.optimizer.param_groups}))
+        return step(batch)
+
+    full.training_step = recording_step
+    uninterrupted = full.train()
+    # 8 schedule steps over 60 s at 10 s per step: positions 0, 4/3, 8/3 in `lit`, 4, 16/3, 20/3 in `joint`.
+    assert uninterrupted.step == 6 and uninterrupted.train_seconds == 60.0
+    assert [position for position, _, _ in seen] == pytest.approx([0, 4 / 3, 8 / 3, 4, 16 / 3, 20 / 3])
+    assert [name for _, name, _ in seen] == ["lit"] * 3 + ["joint"] * 3
+    # lr 1e-3, warmup 2 per stage: half the peak, the peak, then a third of the way down the cosine (0.75).
+    assert [rates["text/decay"] for _, _, rates in seen] == pytest.approx([5e-4, 1e-3, 7.5e-4] * 2)
+    assert [rates["vision/decay"] for _, _, rates in seen] == pytest.approx([0.0] * 3 + [5e-4, 1e-3, 7.5e-4])
+
+    checkpoint = tmp_path / "full" / "checkpoints" / "step-00000003"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["train_seconds"] == 30.0
+    clock = StepClock(seconds_per_step=10)  # a new session's clock starts again at 0
+    resumed_trainer = clock.attach(make_trainer(
+        tiny_recipe(tmp_path / "resumed", resume_from=str(checkpoint), **sections), tiny_tokenizer, records,
+        model=tiny_model(len(tiny_tokenizer), seed=99), clock=clock))
+    resumed = resumed_trainer.train()
+    assert resumed.losses == uninterrupted.losses[3:] and resumed.train_seconds == 60.0
+    for (name, a), b in zip(full.unwrapped.state_dict().items(), resumed_trainer.unwrapped.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 @pytest.fixture()

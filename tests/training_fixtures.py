@@ -91,6 +91,28 @@ def make_trainer(recipe: TrainingRecipe, tokenizer, records: list[dict], model: 
     )
 
 
+class StepClock:
+    """A fake clock for `Trainer(clock=...)` that moves only when a training step runs, by `seconds_per_step`."""
+
+    def __init__(self, seconds_per_step: float):
+        self.seconds_per_step = seconds_per_step
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def attach(self, trainer: Trainer) -> Trainer:
+        """Makes every `trainer.training_step` take `seconds_per_step` on this clock."""
+        step = trainer.training_step
+
+        def timed_step(batch):
+            self.now += self.seconds_per_step
+            return step(batch)
+
+        trainer.training_step = timed_step
+        return trainer
+
+
 def write_corpus(folder: Path, records: list[dict], split: str = "train") -> Path:
     """Writes `records` as a captions-jsonl corpus (`<split>.jsonl` + PNG images) that `load_corpus` reads."""
     import json

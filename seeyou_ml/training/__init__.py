@@ -7,12 +7,13 @@ from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard, TrainingDivergedError
 from .objectives import register_loss_term
 from .optim import StagedCosineSchedule, build_optimizer, build_param_groups, build_schedule
-from .trainer import TrainOutput, Trainer
+from .trainer import StepOutput, TrainOutput, Trainer
 
 __all__ = [
     "CollapseMonitor",
     "NonFiniteLossGuard",
     "StagedCosineSchedule",
+    "StepOutput",
     "TrainOutput",
     "Trainer",
     "TrainingDivergedError",

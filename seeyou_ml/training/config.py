@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import yaml
 
 TOWERS = ("vision", "text", "head")
+SCHEDULE_BY = ("steps", "time")
 
 
 @dataclass
@@ -125,7 +126,9 @@ class StageConfig:
     """One training stage: its length, frozen towers and learning rates (null = the optim section's)."""
 
     name: str = field(default="joint", metadata={"help": "Name shown in logs."})
-    steps: int = field(default=1000, metadata={"help": "Optimizer steps in this stage."})
+    steps: int = field(
+        default=1000, metadata={"help": "Optimizer steps in this stage (a share of the budget with schedule_by: time)."}
+    )
     freeze: list = field(
         default_factory=list, metadata={"help": "Towers kept fixed and in eval mode: any of `vision`, `text`."}
     )
@@ -140,7 +143,10 @@ class LossTermConfig:
     """One loss term; the training loss is the weighted sum of the active terms."""
 
     weight: float = field(default=1.0, metadata={"help": "Multiplier of the term."})
-    start_step: int = field(default=0, metadata={"help": "First optimizer step at which the term counts."})
+    start_step: int = field(
+        default=0, metadata={"help": "First optimizer step at which the term counts (a schedule position with "
+                                     "schedule_by: time, like the stages' steps)."}
+    )
 
 
 @dataclass
@@ -211,7 +217,24 @@ class TrainingRecipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     stages: list = field(
         default_factory=lambda: [StageConfig()],
-        metadata={"help": "Stages run in order; their steps add up to the run's length.", "item": StageConfig},
+        metadata={"help": "Stages run in order; their steps add up to the run's length (see schedule_by).",
+                  "item": StageConfig},
+    )
+    max_train_seconds: Optional[float] = field(
+        default=None,
+        metadata={"help": "Wall-clock budget of the training loop in seconds: the loop ends after the step that "
+                          "crosses it (or after the last stage, if sooner), then the model is saved and evaluated "
+                          "as usual. Data loading, periodic evaluations and checkpoints count; setup and the final "
+                          "save and evaluation do not. Checkpoints record the time spent, so a resumed run gets what "
+                          "is left. null = no budget."},
+    )
+    schedule_by: str = field(
+        default="steps",
+        metadata={"help": "`steps`: stage lengths, warmups and loss-term start steps count optimizer steps. `time` "
+                          "(needs max_train_seconds): they are shares of the budget, the schedule standing at "
+                          "total_steps * elapsed / max_train_seconds, so the stages and the cosine end with the "
+                          "budget whatever the step time, and only the budget ends the run. A time-scheduled run is "
+                          "not bit-reproducible on resume (its schedule follows the clock)."},
     )
     losses: dict = field(
         default_factory=lambda: {"contrastive_loss": LossTermConfig()},
@@ -222,9 +245,20 @@ class TrainingRecipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self):
+        if self.schedule_by not in SCHEDULE_BY:
+            raise ValueError(f"schedule_by={self.schedule_by!r} is unknown; use one of {', '.join(SCHEDULE_BY)}.")
+        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
+            raise ValueError(f"max_train_seconds={self.max_train_seconds} leaves no time to train; give a positive "
+                             "number of seconds, or null for no budget.")
+        if self.schedule_by == "time" and self.max_train_seconds is None:
+            raise ValueError("schedule_by=time spreads the stages over max_train_seconds, which is null; set "
+                             "--max_train_seconds SECONDS, or use --schedule_by steps.")
+
     @property
     def total_steps(self) -> int:
-        """Optimizer steps of the whole run (the stages' steps summed)."""
+        """Optimizer steps of the whole run (the stages' steps summed); with `schedule_by: time`, the length of the
+        schedule that the budget spans."""
         return sum(stage.steps for stage in self.stages)
 
     # ---- dict / YAML round trip -------------------------------------------------------------------------------
@@ -426,6 +460,7 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "OptimConfig",
+    "SCHEDULE_BY",
     "StageConfig",
     "TOWERS",
     "TrainingRecipe",

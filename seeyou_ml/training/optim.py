@@ -133,7 +133,7 @@ def stage_table(config: OptimConfig, stages: Iterable[StageConfig]) -> list[dict
     return table
 
 
-def stage_index(table: list[dict], step: int) -> int:
+def stage_index(table: list[dict], step: float) -> int:
     """Index of the stage that runs optimizer step `step` (the last stage after the end)."""
     for i, stage in enumerate(table):
         if step < stage["start"] + stage["steps"]:
@@ -141,10 +141,11 @@ def stage_index(table: list[dict], step: int) -> int:
     return len(table) - 1
 
 
-def lr_factor(step_in_stage: int, steps: int, warmup: int, min_lr_ratio: float) -> float:
+def lr_factor(step_in_stage: float, steps: int, warmup: int, min_lr_ratio: float) -> float:
     """Multiplier of the peak rate: linear warmup to 1 over `warmup` steps, then cosine to `min_lr_ratio`."""
     if step_in_stage < warmup:
-        return (step_in_stage + 1) / warmup
+        # The cap only matters between integer steps (a time-scheduled position just before the warmup's end).
+        return min((step_in_stage + 1) / warmup, 1.0)
     progress = min((step_in_stage - warmup) / max(1, steps - warmup), 1.0)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -181,14 +182,22 @@ class StagedCosineSchedule(LRScheduler):
         self.min_lr_ratio = min_lr_ratio
         super().__init__(optimizer)
 
-    def lr_at(self, step: int, tower: str) -> float:
-        """The rate of `tower` at optimizer step `step`."""
+    def lr_at(self, step: float, tower: str) -> float:
+        """The rate of `tower` at optimizer step `step` (which may be fractional)."""
         stage = self.table[stage_index(self.table, step)]
         local = min(step - stage["start"], stage["steps"])
         return stage["peak"][tower] * lr_factor(local, stage["steps"], stage["warmup"], self.min_lr_ratio)
 
     def get_lr(self) -> list[float]:
         return [self.lr_at(self.last_epoch, group["tower"]) for group in self.optimizer.param_groups]
+
+    def set_position(self, position: float) -> None:
+        """Sets every group's rate to its value at `position`, in optimizer steps (fractional when the trainer
+        schedules by time); `step()` is the same as `set_position(last_epoch + 1)`."""
+        self.last_epoch = position
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(position, group["tower"])
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def build_schedule(

@@ -11,7 +11,8 @@ def print_summary(output: TrainOutput) -> None:
     """Prints the run's length, last finite loss, skipped steps and the retrieval results."""
     finite = [loss for _, loss in output.losses if math.isfinite(loss)]
     last = f"{finite[-1]:.4f}" if finite else "n/a"
-    print(f"Trained {output.step} steps; last loss {last}; {output.skipped_steps} non-finite steps skipped.")
+    print(f"Trained {output.step} steps in {output.train_seconds:.0f} s; last loss {last}; {output.skipped_steps} "
+          "non-finite steps skipped.")
     print(f"Model, processor and recipe in {output.output_dir}")
     if output.metrics:
         from ..evaluation import format_table

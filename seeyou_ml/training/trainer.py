@@ -6,6 +6,10 @@ processes, clips them, and steps AdamW and the staged schedule. A NaN/inf loss s
 the model, optimizer, scheduler, random states and the data position, so a resumed CPU fp32 run reproduces the loss
 curve of an uninterrupted one exactly.
 
+The run ends after its last stage or, with `max_train_seconds`, after the step that spends the wall-clock budget.
+With `schedule_by: time` the stages, warmups and cosine are laid over the budget instead of over a step count: each
+step runs at schedule position `total_steps * elapsed / max_train_seconds`.
+
 Gradients are averaged with one all-reduce per bucket after the backward pass rather than by DDP's hooks: a
 GradCache step back-propagates the loss outside any forward call and stages change which parameters train, two
 things DDP's reducer does not allow.
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -60,6 +64,8 @@ class TrainOutput:
         skipped_steps: steps skipped for a non-finite loss, in the whole run.
         metrics: the final retrieval results, when an eval split was given.
         output_dir: where the model, recipe and results were written.
+        train_seconds: seconds of the training loop, a resumed-from run's included (setup and the final save and
+            evaluation excluded); what `max_train_seconds` is compared with.
     """
 
     step: int
@@ -67,6 +73,7 @@ class TrainOutput:
     skipped_steps: int = 0
     metrics: Optional[dict] = None
     output_dir: Optional[Path] = None
+    train_seconds: float = 0.0
 
 
 @dataclass
@@ -188,6 +195,8 @@ class Trainer:
         evaluate_fn: `fn(model, processor, dataset, batch_size=..., **recipe.eval.kwargs) -> dict`; defaults to
             `seeyou_ml.evaluation.evaluate_retrieval`.
         accelerator: defaults to [`make_accelerator`] of the recipe.
+        clock: seconds as a float, for the `max_train_seconds` budget, the time schedule and samples/s; defaults to
+            `time.perf_counter`.
 
     Example:
 
@@ -208,6 +217,7 @@ class Trainer:
         eval_dataset: Any = None,
         evaluate_fn: Optional[Callable] = None,
         accelerator: Optional[Accelerator] = None,
+        clock: Optional[Callable[[], float]] = None,
     ):
         self.recipe = recipe
         self.accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
@@ -245,21 +255,57 @@ class Trainer:
         self.model = self.accelerator.prepare_model(model, evaluation_mode=True)
         self.optimizer, self.scheduler, self.loader = self.accelerator.prepare(optimizer, scheduler, loader)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.schedule = scheduler  # the StagedCosineSchedule inside accelerate's wrapper
         self.stages = StageController(self.unwrapped, scheduler.table, recipe.model.freeze_batchnorm)
         self.guard = NonFiniteLossGuard(recipe.monitor.max_consecutive_nonfinite)
         self.collapse = CollapseMonitor(recipe.monitor.collapse_max_cosine, recipe.monitor.collapse_min_rank_fraction)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.position: float = 0  # of the current step on the schedule (see schedule_position)
+        self.clock = clock if clock is not None else time.perf_counter
+        self.train_seconds = 0.0  # before this session: restored from a checkpoint
+        self._session_start: Optional[float] = None
+
+    # ---- time and schedule position -----------------------------------------------------------------------------
+
+    def elapsed_seconds(self) -> float:
+        """Seconds of training so far: a resumed-from run's plus this session's, whose clock starts at the first call
+        (`train` makes that call right before its first step). Every process gets the main process's reading, so call
+        it on all of them."""
+        now = self.clock()
+        if self._session_start is None:
+            self._session_start = now
+        seconds = self.train_seconds + now - self._session_start
+        if self.accelerator.num_processes > 1:
+            # Processes that disagreed on the schedule position or on when to stop would hang the gradient all-reduce.
+            reading = torch.tensor([seconds], dtype=torch.float64, device=self.accelerator.device)
+            seconds = broadcast(reading, from_process=0).item()
+        return seconds
+
+    def schedule_position(self) -> float:
+        """Where the run stands on its schedule, in optimizer steps: the step count, or with `schedule_by: time` the
+        spent share of `max_train_seconds` times the stages' total steps."""
+        if self.recipe.schedule_by == "time":
+            return self.recipe.total_steps * self.elapsed_seconds() / self.recipe.max_train_seconds
+        return self.step
+
+    def is_finished(self) -> bool:
+        """Whether the run is over: the `max_train_seconds` budget is spent or, scheduled by steps, the last stage
+        has ended."""
+        budget = self.recipe.max_train_seconds
+        if budget is not None and self.elapsed_seconds() >= budget:
+            return True
+        return self.recipe.schedule_by == "steps" and self.step >= self.recipe.total_steps
 
     # ---- one step -----------------------------------------------------------------------------------------------
 
     def optimizer_step(self, batch: Mapping[str, Any]) -> StepOutput:
         """One optimizer step on a global batch, exactly as the training loop takes it.
 
-        Applies the stage of the current step (frozen towers, modes), runs [`Trainer.training_step`], records the
-        loss with the non-finite guard, advances the learning-rate schedule and the step counter. Logging,
-        checkpoints and evaluation stay with the loop.
+        Sets the stage (frozen towers, modes), active loss terms and learning rates of the current
+        [`Trainer.schedule_position`], runs [`Trainer.training_step`], records the loss with the non-finite guard and
+        advances the step counter. Logging, checkpoints and evaluation stay with the loop.
 
         Args:
             batch: a collated global batch (this process's share of it when several run), keys as `model.forward`'s.
@@ -270,10 +316,11 @@ class Trainer:
         Raises:
             TrainingDivergedError: when this is `monitor.max_consecutive_nonfinite`-th non-finite loss in a row.
         """
-        self.stages.apply(self.step)
+        self.position = self.schedule_position()
+        self.stages.apply(self.position)
+        self.schedule.set_position(self.position)
         loss, terms, embeddings = self.training_step(batch)
         finite = self.guard.update(loss, self.step)
-        self.scheduler.step()
         self.step += 1
         return StepOutput(loss=loss, terms=terms, embeddings=embeddings, skipped=not finite)
 
@@ -287,7 +334,7 @@ class Trainer:
         """
         accelerator = self.accelerator
         self.stages.train_mode()
-        weights = active_weights(self.recipe.losses, self.step)
+        weights = active_weights(self.recipe.losses, self.position)
         cached = None
         if self.sub_batch_size is not None:
             cached = cache_embeddings(self.unwrapped, batch, self.sub_batch_size, accelerator.autocast)
@@ -327,9 +374,9 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------------------
 
     def train(self) -> TrainOutput:
-        """Runs (or resumes) the recipe to its last step, then saves the model and evaluates it."""
+        """Runs (or resumes) the recipe to its last step or the end of its time budget, then saves the model and
+        evaluates it."""
         accelerator, recipe = self.accelerator, self.recipe
-        total_steps = recipe.total_steps
         self._check_evaluation()
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -342,13 +389,17 @@ class Trainer:
             accelerator.init_trackers(recipe.name, config=_flatten(recipe.to_dict()))
 
         output = TrainOutput(step=self.step, output_dir=self.output_dir)
-        self.stages.apply(self.step)
-        bar = tqdm(total=total_steps, initial=self.step, desc=self.stages.name, dynamic_ncols=True,
+        self._session_start = self.clock()  # the budget counts from here: setup is not training
+        self.stages.apply(self.schedule_position())
+        # Scheduled by time, the number of steps is unknown beforehand.
+        bar = tqdm(total=recipe.total_steps if recipe.schedule_by == "steps" else None, initial=self.step,
+                   desc=self.stages.name, dynamic_ncols=True,
                    disable=not (accelerator.is_main_process and recipe.monitor.progress_bar))
         try:
             self._loop(output, bar)
             bar.close()
             output.step, output.skipped_steps = self.step, self.guard.skipped
+            output.train_seconds = self.elapsed_seconds()
             self._save_final()
             output.metrics = self._evaluate(final=True)
             if output.metrics and recipe.monitor.report_to:
@@ -361,10 +412,10 @@ class Trainer:
         return output
 
     def _loop(self, output: TrainOutput, bar: tqdm) -> None:
-        """Steps through epochs (resuming mid-epoch) until the last stage ends."""
-        accelerator, recipe, total_steps = self.accelerator, self.recipe, self.recipe.total_steps
-        started, start_step, stage = time.perf_counter(), self.step, self.stages.current
-        while self.step < total_steps:
+        """Steps through epochs (resuming mid-epoch) until [`Trainer.is_finished`]."""
+        accelerator, recipe = self.accelerator, self.recipe
+        start_seconds, start_step, stage = self.elapsed_seconds(), self.step, self.stages.current
+        while not self.is_finished():
             self.collate.epoch = self.epoch
             loader = self.loader
             if self.batch_in_epoch:
@@ -379,9 +430,11 @@ class Trainer:
                     stage = self.stages.current
                     bar.set_description(self.stages.name)
                 output.losses.append((self.step - 1, result.loss))
-                rate = (self.step - start_step) * recipe.data.batch_size / (time.perf_counter() - started)
-                self._after_step(result, rate, bar)
-                if self.step >= total_steps:
+                seconds = max(self.elapsed_seconds() - start_seconds, 1e-9)
+                rate = (self.step - start_step) * recipe.data.batch_size / seconds
+                last = self.is_finished()
+                self._after_step(result, rate, bar, last)
+                if last:
                     break
             else:
                 self.epoch += 1
@@ -389,8 +442,9 @@ class Trainer:
                 continue
             break
 
-    def _after_step(self, result: StepOutput, rate: float, bar: tqdm) -> None:
-        """Logging, collapse checks, periodic evaluation and checkpoints after optimizer step `self.step`."""
+    def _after_step(self, result: StepOutput, rate: float, bar: tqdm, last: bool) -> None:
+        """Logging, collapse checks, periodic evaluation and checkpoints after optimizer step `self.step`; `last`
+        says that it ends the run."""
         recipe, step = self.recipe, self.step
         loss, terms, embeddings = result.loss, result.terms, result.embeddings
         lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
@@ -402,7 +456,7 @@ class Trainer:
             record = {"step": step - 1, "loss": loss, "lr": lr, "samples_per_second": rate, **terms}
             with open(self.output_dir / HISTORY_NAME, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        if step % max(recipe.monitor.log_every, 1) == 0 or step == recipe.total_steps:
+        if step % max(recipe.monitor.log_every, 1) == 0 or last:
             logs.update({"train/loss": loss, "train/samples_per_second": rate,
                          "train/skipped_steps": self.guard.skipped,
                          "train/logit_scale": float(logit_scale_of(self.unwrapped).detach())})
@@ -412,7 +466,7 @@ class Trainer:
         if every and step % every == 0:
             stats, _ = self.collapse.check(embeddings["image_embeds"], embeddings["text_embeds"], step)
             logs.update({f"collapse/{name}": value for name, value in stats.items()})
-        if recipe.eval.every and step % recipe.eval.every == 0 and step < recipe.total_steps:
+        if recipe.eval.every and step % recipe.eval.every == 0 and not last:
             metrics = self._evaluate(final=False)
             logs.update({f"eval/{k}": v for k, v in _flatten(metrics or {}).items() if isinstance(v, (int, float))})
         if logs and recipe.monitor.report_to:
@@ -425,7 +479,7 @@ class Trainer:
     def trainer_state(self) -> dict:
         """The trainer's position and counters as plain data."""
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "guard": self.guard.state_dict()}
+                "train_seconds": self.elapsed_seconds(), "guard": self.guard.state_dict()}
 
     def save_checkpoint(self) -> Path:
         """Writes `<output_dir>/checkpoints/step-<N>` atomically, keeping the last `checkpoint.keep_last`."""
@@ -435,6 +489,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(self.accelerator, path)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.train_seconds, self._session_start = state.get("train_seconds", 0.0), None
         self.guard.load_state_dict(state.get("guard", {}))
         if self.accelerator.is_main_process:
             history = self.output_dir / HISTORY_NAME
@@ -487,4 +542,12 @@ class Trainer:
         return results
 
 
-__all__ = ["SeededCollate", "StepOutput", "TrainOutput", "Trainer", "average_gradients", "make_accelerator", "preserved_rng"]
+__all__ = [
+    "SeededCollate",
+    "StepOutput",
+    "TrainOutput",
+    "Trainer",
+    "average_gradients",
+    "make_accelerator",
+    "preserved_rng",
+]
