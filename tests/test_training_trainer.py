@@ -75,6 +75,17 @@ def test_optimizer_step_is_the_loops_step(tmp_path, tiny_tokenizer):
         assert torch.equal(a, b), name
 
 
+def test_a_batch_sampler_without_batch_size_is_refused_with_the_fix(tmp_path, tiny_tokenizer):
+    class IndexBatches(list):
+        def set_epoch(self, epoch):
+            pass
+
+    with pytest.raises(ValueError, match=r"batch_sampler IndexBatches has no `batch_size` attribute; .* Give the "
+                                         r"sampler `batch_size = 8` \(data.batch_size\)"):
+        make_trainer(tiny_recipe(tmp_path), tiny_tokenizer, make_records(16),
+                     batch_sampler=IndexBatches([[0, 1, 2, 3, 4, 5, 6, 7]]))
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_tokenizer):
     # A budget that is never reached: the processes share the main one's clock to agree on when to stop.
     data = file_recipe(tmp_path, tiny_tokenizer, make_records(20), data={"sub_batch_size": 2}, max_train_seconds=3600)

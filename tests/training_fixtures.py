@@ -79,13 +79,16 @@ def make_trainer(recipe: TrainingRecipe, tokenizer, records: list[dict], model: 
     """A Trainer over in-memory `records` with the real collator and sampler."""
     processor = tiny_processor(tokenizer, image_size=IMAGE_SIZE)
     model = model if model is not None else tiny_model(len(tokenizer), recipe.seed, text_dropout)
+    batch_sampler = kwargs.pop("batch_sampler", None)
+    if batch_sampler is None:
+        batch_sampler = build_batch_sampler(recipe.data, records, recipe.seed)
     return Trainer(
         recipe,
         model=model,
         processor=processor,
         train_dataset=records,
         collate_fn=SeeYouCollator(processor),
-        batch_sampler=build_batch_sampler(recipe.data, records, recipe.seed),
+        batch_sampler=batch_sampler,
         accelerator=kwargs.pop("accelerator", None) or make_accelerator(recipe),
         **kwargs,
     )

@@ -189,7 +189,8 @@ class Trainer:
         processor: saved next to the model and handed to the evaluation.
         train_dataset: map-style dataset of records (or anything `collate_fn` understands).
         collate_fn: records -> batch whose keys are the model's `forward` arguments (e.g. `SeeYouCollator`).
-        batch_sampler: yields lists of indices of global batches and has `set_epoch(epoch)` and `__len__`
+        batch_sampler: yields lists of indices of global batches and has `set_epoch(epoch)`, `__len__` and a
+            `batch_size` attribute, the global batch, by which accelerate splits every batch over the processes
             (e.g. `UniqueImageBatchSampler` with `drop_last=True`).
         eval_dataset: records to evaluate retrieval on at the end (and every `eval.every` steps).
         evaluate_fn: `fn(model, processor, dataset, batch_size=..., **recipe.eval.kwargs) -> dict`; defaults to
@@ -233,6 +234,13 @@ class Trainer:
             raise ValueError(f"data.batch_size={recipe.data.batch_size} does not split over {processes} processes; "
                              f"use a multiple of {processes}.")
         self.local_batch = recipe.data.batch_size // processes
+        if getattr(batch_sampler, "batch_size", None) is None:
+            raise ValueError(
+                f"batch_sampler {type(batch_sampler).__name__} has no `batch_size` attribute; the Trainer needs it to "
+                "split every global batch over the processes (accelerate's split_batches). Give the sampler "
+                f"`batch_size = {recipe.data.batch_size}` (data.batch_size), or use a sampler that has one, such as "
+                "seeyou_ml.data.samplers.UniqueImageBatchSampler or torch.utils.data.BatchSampler."
+            )
         sub = recipe.data.sub_batch_size
         self.sub_batch_size = sub if sub is not None and sub < self.local_batch else None
         check_loss_terms(recipe.losses, self.sub_batch_size is not None)
