@@ -6,17 +6,20 @@ Collapse statistics of a batch of L2-normalised embeddings:
   embeddings on one line) and min(B, D);
 - uniformity `log E exp(-2 |x - y|²)` over distinct pairs and alignment `E |x_i - y_i|²` over matching pairs
   (Wang & Isola 2020, "Understanding Contrastive Representation Learning through Alignment and Uniformity").
+
+What the user of a run must act on (collapsing embeddings, skipped steps) is raised with `warnings.warn` under a
+[`TrainingWarning`] category: it shows whether or not logging was set up (a `Trainer` in a notebook or script as well
+as `recipes/train.py`), can be silenced or turned into errors by category (`warnings.filterwarnings` or python's
+`-W`), and reaches logging through `logging.captureWarnings(True)`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 COLLAPSE_REMEDIES = (
     "lower the learning rate (optim.lr or the stage rates) or lengthen optim.warmup_steps",
@@ -80,6 +83,18 @@ def embedding_stats(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> di
     return stats
 
 
+class TrainingWarning(UserWarning):
+    """Base of the warnings a training run raises about itself."""
+
+
+class EmbeddingCollapseWarning(TrainingWarning):
+    """A tower's batch embeddings are clustering (see [`CollapseMonitor`])."""
+
+
+class NonFiniteStepWarning(TrainingWarning):
+    """A step's loss or gradient norm was NaN or infinite; the step was skipped (see [`NonFiniteLossGuard`])."""
+
+
 @dataclass
 class CollapseMonitor:
     """Warns, with remedies, when a tower's batch embeddings cluster.
@@ -92,8 +107,8 @@ class CollapseMonitor:
 
     ```python
     >>> monitor = CollapseMonitor()
-    >>> stats, warnings = monitor.check(torch.ones(8, 4), torch.eye(8, 4), step=100)
-    >>> round(stats["image/mean_cosine"], 3), len(warnings)
+    >>> stats, messages = monitor.check(torch.ones(8, 4), torch.eye(8, 4), step=100)
+    >>> round(stats["image/mean_cosine"], 3), len(messages)
     (1.0, 1)
 
     ```
@@ -105,7 +120,7 @@ class CollapseMonitor:
     def check(
         self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, step: int
     ) -> tuple[dict[str, float], list[str]]:
-        """Computes [`embedding_stats`] and logs a warning per collapsed tower.
+        """Computes [`embedding_stats`] and warns ([`EmbeddingCollapseWarning`]) once per collapsed tower.
 
         Returns:
             The statistics and the warning messages (empty when nothing collapsed).
@@ -123,7 +138,7 @@ class CollapseMonitor:
                     f"threshold {min_rank:.1f}). Remedies: {remedies}."
                 )
         for message in messages:
-            logger.warning(message)
+            warnings.warn(message, EmbeddingCollapseWarning, stacklevel=2)
         return stats, messages
 
 
@@ -169,8 +184,8 @@ class NonFiniteLossGuard:
         self.skipped += 1
         self.consecutive += 1
         self.skipped_steps = (self.skipped_steps + [step])[-100:]
-        logger.warning(f"Step {step}: loss is {loss}; skipping the optimizer update "
-                       f"({self.consecutive} in a row, {self.skipped} in this run).")
+        warnings.warn(f"Step {step}: loss is {loss}; skipping the optimizer update ({self.consecutive} in a row, "
+                      f"{self.skipped} in this run).", NonFiniteStepWarning, stacklevel=2)
         if self.consecutive >= self.max_consecutive:
             last = (f"the last finite loss was {self.last_finite_loss:.4f} at step {self.last_finite_step}"
                     if self.last_finite_loss is not None else "no step had a finite loss")
@@ -203,8 +218,11 @@ class NonFiniteLossGuard:
 __all__ = [
     "COLLAPSE_REMEDIES",
     "CollapseMonitor",
+    "EmbeddingCollapseWarning",
     "NonFiniteLossGuard",
+    "NonFiniteStepWarning",
     "TrainingDivergedError",
+    "TrainingWarning",
     "alignment",
     "effective_rank",
     "embedding_stats",

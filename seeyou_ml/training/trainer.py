@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from .checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
-from .monitor import CollapseMonitor, NonFiniteLossGuard
+from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
 from .objectives import active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
 from .stages import StageController
@@ -365,7 +366,8 @@ class Trainer:
             if torch.isfinite(torch.as_tensor(norm)):
                 self.optimizer.step()
             else:
-                logger.warning(f"Step {self.step}: gradient norm is {float(norm)}; skipping the optimizer update.")
+                warnings.warn(f"Step {self.step}: gradient norm is {float(norm)}; skipping the optimizer update.",
+                              NonFiniteStepWarning, stacklevel=2)
                 all_finite = False
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -471,7 +473,8 @@ class Trainer:
             logs.update({f"train/{name}": value for name, value in terms.items()})
             logs.update({f"lr/{name}": value for name, value in lrs.items()})
         every = recipe.monitor.collapse_every
-        if every and step % every == 0:
+        # On the main process only, as the tracker logs there: one warning per run, not one per process.
+        if every and step % every == 0 and self.accelerator.is_main_process:
             stats, _ = self.collapse.check(embeddings["image_embeds"], embeddings["text_embeds"], step)
             logs.update({f"collapse/{name}": value for name, value in stats.items()})
         if recipe.eval.every and step % recipe.eval.every == 0 and not last:
