@@ -6,9 +6,9 @@ wall-clock budget on flickr8k-multi train and scored with the same evaluator on 
 - **ours**: `SeeYouModel` (weights copied from the baseline's initial VTDE, `text_pooling="pooler"`, linear
   projections) trained by `seeyou_ml.training.Trainer` with our recipe: image-unique batches (no false negatives),
   AdamW with per-tower groups and no decay on norms/biases/temperature, warmup + cosine, clipping at 1.0, accelerate.
-  The recipe comes from `recipes/flickr8k-multi.yaml` when it exists (else the defaults below), with its stages
-  rescaled so the cosine ends when the budget does: a few probe steps on a throw-away copy measure the step time,
-  and the probe's time is charged to the budget.
+  The recipe comes from `recipes/flickr8k-multi.yaml` when it exists (else the defaults below), run with
+  `max_train_seconds` = the budget and `schedule_by: time`, so its stages, warmup and cosine are laid over the
+  budget and end with it whatever the step time.
 - **baseline**: `VisionTextDualEncoderModel` trained the way transformers'
   `examples/pytorch/contrastive-image-text/run_clip.py` does: captions tokenised up front padded to
   `max_seq_length=128`, images transformed on the fly, a `collate_fn` returning `pixel_values`, `input_ids`,
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import statistics
 import subprocess
@@ -64,7 +63,7 @@ from _common import (  # noqa: E402
 RECIPE_FILE = REPO_ROOT / "recipes" / "flickr8k-multi.yaml"
 
 # Our recipe when recipes/flickr8k-multi.yaml is absent: from-scratch towers, so a higher peak rate than the 3e-5
-# meant for pretrained ones; warmup and stage lengths are rescaled to the budget.
+# meant for pretrained ones; warmup and stage lengths are shares of the budget (schedule_by: time).
 DEFAULT_RECIPE = {
     "name": "recipe-vs-baseline",
     "seed": 0,
@@ -75,8 +74,6 @@ DEFAULT_RECIPE = {
 }
 RUN_CLIP_ARGS = {"per_device_train_batch_size": 64, "learning_rate": 5e-5, "warmup_steps": 0, "weight_decay": 0.1}
 RUN_CLIP_MAX_SEQ_LENGTH = 128
-PROBE_STEPS = 3
-SAFETY = 0.97  # plan the cosine to end slightly before the budget: step times drift on a shared machine
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -128,20 +125,11 @@ def our_recipe(args: argparse.Namespace, output_dir: Path):
                                         if k in model}}
     data["monitor"] = {**data.get("monitor", {}), "report_to": None, "progress_bar": True}
     data["checkpoint"] = {"save_every": 0}
+    data["max_train_seconds"] = args.budget_seconds
+    data["schedule_by"] = "time"
     if args.ours_lr is not None:
         data.setdefault("optim", {})["lr"] = args.ours_lr
     return TrainingRecipe.from_dict(data), source.exists()
-
-
-def rescale_stages(recipe, total_steps: int):
-    """A copy of `recipe` whose stages (and warmups) keep their proportions but sum to `total_steps`."""
-    recipe = copy.deepcopy(recipe)
-    factor = total_steps / recipe.total_steps
-    for stage in recipe.stages:
-        warmup = recipe.optim.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
-        stage.warmup_steps = max(1, round(warmup * factor))
-        stage.steps = max(1, round(stage.steps * factor))
-    return recipe
 
 
 def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
@@ -161,44 +149,22 @@ def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
                              text_pooling=args.ours_text_pooling)
     train = load_flickr("train", args.max_train_images)
     accelerator = make_accelerator(recipe)
-
-    def make_trainer(recipe, model):
-        return Trainer(recipe, model=model, processor=processor, train_dataset=train,
-                       collate_fn=build_collator(recipe.data, processor),
-                       batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed), accelerator=accelerator)
-
-    started = time.perf_counter()
-    # Probe: a few steps of the recipe on a throw-away copy (data loading included) give the step time.
-    probe = make_trainer(recipe, copy.deepcopy(model))
-    batches, times = iter(probe.loader), []
-    tick = time.perf_counter()
-    for i in range(PROBE_STEPS + 1):
-        probe.optimizer_step(next(batches))
-        now = time.perf_counter()
-        if i:  # the first step pays one-off costs
-            times.append(now - tick)
-        tick = now
-    del probe, batches
-    step_seconds = statistics.median(times)
-    remaining = args.budget_seconds - (time.perf_counter() - started)
-    steps = max(1, math.floor(SAFETY * remaining / step_seconds))
-    recipe = rescale_stages(recipe, steps)
-    print(f"[ours] probe: {step_seconds:.2f} s/step; planning {recipe.total_steps} steps "
-          f"({[s.steps for s in recipe.stages]}) in the remaining {remaining:.0f} s", flush=True)
-
-    trainer = make_trainer(recipe, model)
+    trainer = Trainer(recipe, model=model, processor=processor, train_dataset=train,
+                      collate_fn=build_collator(recipe.data, processor),
+                      batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed), accelerator=accelerator)
+    print(f"[ours] stages {[(s.name, s.steps) for s in recipe.stages]} laid over {recipe.max_train_seconds:g} s",
+          flush=True)
     output = trainer.train()
-    train_seconds = time.perf_counter() - started
     losses = [loss for _, loss in output.losses]
     val = load_flickr("val")
     results = evaluate_per_language(trainer.unwrapped, processor, val)
     return {
-        "train_seconds": train_seconds,
+        "train_seconds": output.train_seconds,
         "steps": output.step,
         "samples": output.step * recipe.data.batch_size,
         "batch_size": recipe.data.batch_size,
         "final_loss": statistics.fmean(losses[-10:]) if losses else float("nan"),
-        "recipe": f"{Path(args.recipe).name if from_file else 'built-in defaults'}, "
+        "recipe": f"{Path(args.recipe).name if from_file else 'built-in defaults'} scheduled by time, "
                   f"lr {recipe.optim.lr:g}, precision {accelerator.mixed_precision}, "
                   f"text pooling {args.ours_text_pooling}",
         "results": results,
