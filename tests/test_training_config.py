@@ -91,3 +91,13 @@ def test_train_entry_points_print_the_resolved_recipe(capsys):
     assert TrainingRecipe.from_dict(__import__("yaml").safe_load(printed)).optim.lr == 4e-4
     assert seeyou(["train", recipe, "--optim.lr", "4e-4", "--print_recipe"]) == 0
     assert capsys.readouterr().out == printed
+
+
+def test_split_kwargs_override_corpus_kwargs_per_split(tmp_path):
+    from seeyou_ml.training.build import load_split
+    from seeyou_ml.training.config import DataConfig
+
+    config = DataConfig(corpus="scenes", corpus_kwargs={"num_images": 3, "cache_dir": str(tmp_path)},
+                        split_kwargs={"train": {"num_images": 5}}, languages=["en", "de"])
+    assert len(load_split(config, "train")) == 5 * 2
+    assert len(load_split(config, "test")) == 3 * 2

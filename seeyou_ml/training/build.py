@@ -68,7 +68,7 @@ def build_model_and_processor(config: ModelConfig, tokenizer: Any = None) -> tup
 
 def load_split(config: DataConfig, split: str) -> Any:
     """One split of the recipe's corpus in the common record schema."""
-    kwargs = dict(config.corpus_kwargs)
+    kwargs = {**config.corpus_kwargs, **config.split_kwargs.get(split, {})}
     if config.languages is not None:
         kwargs["languages"] = list(config.languages)
     if config.corpus == "scenes":

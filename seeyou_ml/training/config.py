@@ -32,6 +32,11 @@ class DataConfig:
                           "`seeyou_ml.data.load_corpus` (a directory, a Karpathy JSON, a `datasets` name)."},
     )
     corpus_kwargs: dict = field(default_factory=dict, metadata={"help": "Keyword arguments of the corpus loader."})
+    split_kwargs: dict = field(
+        default_factory=dict,
+        metadata={"help": "Per-split keyword arguments merged over corpus_kwargs, e.g. `{train: {num_images: 20000}}` "
+                          "to train on more scenes than the test split holds."},
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: Optional[str] = field(default="test", metadata={"help": "Split evaluated at the end; null for none."})
     languages: Optional[list] = field(
