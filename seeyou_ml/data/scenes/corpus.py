@@ -32,7 +32,7 @@ from .render import render_scene
 from .scene import HELD_OUT_COMBOS, SHAPES, Scene, sample_scene, scene_rng
 
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 """Bumped whenever generation changes, so caches of older corpora are not reused."""
 
 
