@@ -60,11 +60,8 @@ def build_tower(config: PreTrainedConfig, with_pooler: bool = True) -> PreTraine
         with_pooler: when False and the model class has an `add_pooling_layer` switch (BERT, XLM-R, ViT), the
             pooling layer is left out, so no parameter goes unused (DDP requires every parameter to get a grad).
     """
-    kwargs = {}
     model_class = _auto_model_class(config)
-    if not with_pooler and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
-        kwargs["add_pooling_layer"] = False
-    return model_class._from_config(config, **kwargs)
+    return model_class._from_config(config, **_pooler_kwargs(model_class, with_pooler))
 
 
 def load_tower(name_or_path: str, with_pooler: bool = True, **kwargs) -> PreTrainedModel:
@@ -81,9 +78,15 @@ def load_tower(name_or_path: str, with_pooler: bool = True, **kwargs) -> PreTrai
         if config.model_type == "clip":
             config = config.vision_config
     model_class = _auto_model_class(config)
-    if not with_pooler and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
-        kwargs["add_pooling_layer"] = False
+    kwargs.update(_pooler_kwargs(model_class, with_pooler))
     return model_class.from_pretrained(name_or_path, config=config, **kwargs)
+
+
+def _pooler_kwargs(model_class: type[PreTrainedModel], with_pooler: bool) -> dict:
+    """`{"add_pooling_layer": False}` when the pooler is unwanted and the class can leave it out, else `{}`."""
+    if not with_pooler and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
 
 
 def _auto_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:

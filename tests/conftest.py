@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FLICKR8K_MULTI = REPO_ROOT.parent / "shared" / "data" / "flickr8k-multi"
 
 WORDS = (
     "a red blue green yellow circle square star triangle left right of above below the on and photo "
