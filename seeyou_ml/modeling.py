@@ -205,8 +205,10 @@ class SeeYouModel(SeeYouPreTrainedModel):
             if values is not None and len(values) != input_ids.shape[0]:
                 raise ValueError(f"`{name}` has {len(values)} entries for a batch of {input_ids.shape[0]} captions.")
 
-        vision = self.get_image_features(pixel_values)
+        # Text first: backward visits later operations first, so the vision tower's activations are freed before the
+        # text tower's word-embedding gradient (a dense vocab x hidden tensor, 768 MB for XLM-R base) is formed.
         text = self.get_text_features(input_ids, attention_mask)
+        vision = self.get_image_features(pixel_values)
         image_embeds, text_embeds = vision.pooler_output, text.pooler_output
         scale = self.scale()
         logits_per_text = scale * text_embeds @ image_embeds.T  # (B_text, B_image)

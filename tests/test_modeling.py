@@ -162,14 +162,16 @@ def test_gradient_checkpointing_gives_equal_gradients(vision):
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=0, msg=name)
 
 
-def test_resnet_blocks_of_every_stage_run_under_the_checkpoint_function(tiny_model):
+def test_resnet_blocks_of_every_stage_but_the_last_run_under_the_checkpoint_function(tiny_model):
     calls = []
     tiny_model.train()
     tiny_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     inner = tiny_model._gradient_checkpointing_func
     tiny_model._gradient_checkpointing_func = lambda fn, *args: calls.append(fn) or inner(fn, *args)
     tiny_model.get_image_features(torch.rand(2, 3, 32, 32))
-    assert calls == [block for stage in tiny_model.vision_model.encoder.stages for block in stage.layers]
+    stages = tiny_model.vision_model.encoder.stages
+    assert len(stages) == 2
+    assert calls == list(stages[0].layers)
 
 
 def test_image_ids_mask_false_negatives(tiny_model, tiny_tokenizer):

@@ -140,6 +140,8 @@ class SeeYouCollator:
             [`SequentialTextAugment`] of both; it may change a caption's language, and `lang` reports the new one.
         mixup ([`MixUp`], *optional*): Mixes the processed images and adds `mixup_targets`.
         return_boxes (`bool`, *optional*, defaults to `False`): Add `boxes` (the model's forward takes none yet).
+        channels_last (`bool`, *optional*, defaults to `False`): Return `pixel_values` in channels-last memory
+            layout (same values), for a vision tower whose weights are channels-last.
 
     Example:
 
@@ -165,6 +167,7 @@ class SeeYouCollator:
         text_augment: TextAugment | None = None,
         mixup: MixUp | None = None,
         return_boxes: bool = False,
+        channels_last: bool = False,
     ):
         if return_boxes and image_augment is not None and getattr(image_augment, "is_geometric", True):
             raise ValueError(
@@ -179,6 +182,7 @@ class SeeYouCollator:
         self.text_augment = text_augment
         self.mixup = mixup
         self.return_boxes = return_boxes
+        self.channels_last = channels_last
 
     def _check(self, index: int, record: Mapping[str, Any]) -> None:
         missing = [key for key in _REQUIRED_KEYS if key not in record]
@@ -250,10 +254,13 @@ class SeeYouCollator:
             batch["boxes"] = boxes
         if self.mixup is not None:
             batch["pixel_values"], batch["mixup_targets"] = self.mixup(batch["pixel_values"])
+        if self.channels_last:
+            batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
         return batch
 
     def __repr__(self) -> str:
         return (
             f"SeeYouCollator(max_length={self.max_length}, image_augment={self.image_augment!r}, "
-            f"text_augment={self.text_augment!r}, mixup={self.mixup!r}, return_boxes={self.return_boxes})"
+            f"text_augment={self.text_augment!r}, mixup={self.mixup!r}, return_boxes={self.return_boxes}, "
+            f"channels_last={self.channels_last})"
         )

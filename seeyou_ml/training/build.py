@@ -51,19 +51,33 @@ def build_model_and_processor(config: ModelConfig, tokenizer: Any = None) -> tup
         tokenizer.model_max_length = min(tokenizer.model_max_length or limit, limit)
         model_config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **preset,
                                    **config.config_overrides)
+        if config.attn_implementation is not None:
+            model_config.text_config._attn_implementation = config.attn_implementation
         processor = tiny_processor(tokenizer, image_size=preset.get("image_size", 64))
-        return SeeYouModel(model_config), processor
+        return _with_memory_format(SeeYouModel(model_config), config), processor
     if not config.vision or not config.text:
         raise ValueError("With model.preset null, name both towers: model.vision (e.g. microsoft/resnet-50) and "
                          "model.text (e.g. xlm-roberta-base).")
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    model = SeeYouModel.from_vision_text_pretrained(config.vision, config.text, **config.config_overrides)
+    overrides = dict(config.config_overrides)
+    if config.attn_implementation is not None:
+        overrides["text_attn_implementation"] = config.attn_implementation
+    model = SeeYouModel.from_vision_text_pretrained(config.vision, config.text, **overrides)
     processor = SeeYouProcessor(
         image_processor=AutoImageProcessor.from_pretrained(config.image_processor or config.vision),
         tokenizer=AutoTokenizer.from_pretrained(config.tokenizer or config.text),
     )
-    return model, processor
+    return _with_memory_format(model, config), processor
+
+
+def _with_memory_format(model: SeeYouModel, config: ModelConfig) -> SeeYouModel:
+    """The model with its vision tower's weights in channels-last layout when the recipe asks for it."""
+    if config.channels_last:
+        import torch
+
+        model.vision_model.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_split(config: DataConfig, split: str) -> Any:
@@ -80,8 +94,11 @@ def load_split(config: DataConfig, split: str) -> Any:
     return load_corpus(config.corpus, split=split, **kwargs)
 
 
-def build_collator(config: DataConfig, processor: SeeYouProcessor) -> Any:
-    """`SeeYouCollator` with the augmentations of `data.augment` (an `AugmentationConfig` as a mapping)."""
+def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last: bool = False) -> Any:
+    """`SeeYouCollator` with the augmentations of `data.augment` (an `AugmentationConfig` as a mapping).
+
+    `channels_last` (the model section's) makes the collator hand out channels-last images.
+    """
     from ..data.collator import SeeYouCollator
 
     augmentations = {}
@@ -89,7 +106,7 @@ def build_collator(config: DataConfig, processor: SeeYouProcessor) -> Any:
         from ..data.augment import AugmentationConfig, build_augmentations
 
         augmentations = vars(build_augmentations(AugmentationConfig.from_dict(config.augment)))
-    return SeeYouCollator(processor, max_length=config.max_length, **augmentations)
+    return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last, **augmentations)
 
 
 def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
@@ -151,7 +168,7 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         model=model,
         processor=processor,
         train_dataset=train,
-        collate_fn=build_collator(recipe.data, processor),
+        collate_fn=build_collator(recipe.data, processor, channels_last=recipe.model.channels_last),
         batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
         eval_dataset=evaluation,
         evaluate_fn=build_evaluate_fn(recipe.data, evaluation) if evaluation is not None else None,

@@ -104,6 +104,16 @@ class ModelConfig:
         metadata={"help": "Keep BatchNorm layers in eval mode (running statistics), as is usual when fine-tuning "
                           "pretrained CNNs with small per-device batches; makes sub-batching exact for ResNets."},
     )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "Keep the vision tower's weights and the images in channels-last layout, which oneDNN (CPU) "
+                          "and cuDNN (GPU, mixed precision) run convolutions faster in; for convolutional towers."},
+    )
+    attn_implementation: Optional[str] = field(
+        default=None,
+        metadata={"help": "Attention kernel of the text tower (`eager`, `sdpa`, ...); null = transformers' choice. "
+                          "For short captions on CPU, `eager` trains faster than `sdpa`."},
+    )
 
 
 @dataclass

@@ -1,0 +1,45 @@
+"""Tests for `seeyou_ml.training.build`: the model section's layout and attention-kernel options."""
+
+from __future__ import annotations
+
+import torch
+from accelerate.utils import set_seed
+
+from seeyou_ml.training.build import build_collator, build_model_and_processor
+from seeyou_ml.training.config import DataConfig, ModelConfig
+
+from training_fixtures import make_records
+
+PRESET = {"image_size": 32, "projection_dim": 16, "vision_widths": [8, 16], "vision_depths": [1, 1],
+          "text_hidden_size": 32, "max_text_length": 32}
+
+
+def built(tokenizer, **options):
+    set_seed(0)
+    model, processor = build_model_and_processor(ModelConfig(preset_kwargs=PRESET, **options), tokenizer)
+    collator = build_collator(DataConfig(batch_size=4), processor, channels_last=options.get("channels_last", False))
+    return model.train(), collator(make_records(6, languages=("en",)))
+
+
+def test_channels_last_and_eager_attention_change_layout_and_kernel_not_results(tiny_tokenizer):
+    plain_model, plain_batch = built(tiny_tokenizer)
+    fast_model, fast_batch = built(tiny_tokenizer, channels_last=True, attn_implementation="eager")
+
+    conv_weights = [m.weight for m in fast_model.vision_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert conv_weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
+    assert not all(w.is_contiguous() for w in conv_weights)
+    assert fast_batch["pixel_values"].is_contiguous(memory_format=torch.channels_last)
+    assert not fast_batch["pixel_values"].is_contiguous()
+    assert torch.equal(fast_batch["pixel_values"], plain_batch["pixel_values"])
+    assert fast_model.text_model.config._attn_implementation == "eager"
+    assert plain_model.text_model.config._attn_implementation != "eager"
+
+    losses, grads = [], []
+    for model, batch in ((plain_model, plain_batch), (fast_model, fast_batch)):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+        loss = model(**inputs, return_loss=True).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.visual_projection.weight.grad)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
