@@ -6,7 +6,7 @@ import datasets
 import pytest
 import torch
 
-from seeyou_ml.data.samplers import UniqueImageBatchSampler, read_columns
+from seeyou_ml.data.samplers import NeighbourBatchSampler, UniqueImageBatchSampler, nearest_images, read_columns
 
 
 def flickr_like_rows(num_images: int = 60) -> tuple[list[str], list[str]]:
@@ -163,3 +163,79 @@ def test_accelerate_shards_the_batches_and_forwards_set_epoch():
     assert shards[0] == expected[0::2][: len(shards[0])]
     assert shards[1] == expected[1::2][: len(shards[1])]
     assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
+
+
+# ---- NeighbourBatchSampler ----------------------------------------------------------------------------------------
+
+
+def test_nearest_images_ranks_by_shared_features_and_never_returns_the_image_itself():
+    features = [{"a", "b", "c"}, {"a", "b", "x"}, {"a", "y"}, {"z"}, {"a", "b", "c", "w"}]
+    neighbours = nearest_images(features, num_neighbours=3, seed=0)
+    assert neighbours.shape == (5, 3)
+    assert neighbours[0].tolist() == [4, 1, 2]  # 3, 2 and 1 features in common
+    assert neighbours[1].tolist()[:2] == [0, 4] or neighbours[1].tolist()[:2] == [4, 0]  # both share a and b
+    assert all(i not in row for i, row in enumerate(neighbours.tolist()))
+    with pytest.raises(ValueError, match="num_neighbours=5 must be between 1"):
+        nearest_images(features, num_neighbours=5)
+
+
+def objects_corpus(num_images: int = 64, captions_per_image: int = 2):
+    """Rows of images in clusters of four that share an object (and nothing with other clusters)."""
+    image_ids, features = [], []
+    for image in range(num_images):
+        for _ in range(captions_per_image):
+            image_ids.append(f"img{image}")
+            features.append([f"object{image // 4}", f"place{image}"])
+    return image_ids, features
+
+
+def test_neighbour_batches_are_groups_of_similar_images_without_repeats():
+    image_ids, features = objects_corpus()
+    sampler = NeighbourBatchSampler(image_ids, features, batch_size=8, hard_fraction=1.0, group_size=4,
+                                    num_neighbours=3, drop_last=True, seed=0)
+    number = [int(name[3:]) for name in sampler.image_names]  # image codes follow the sorted names
+    for code, row in enumerate(sampler.neighbours.tolist()):
+        assert {number[n] for n in row} == {number[code] // 4 * 4 + k for k in range(4)} - {number[code]}
+    batches = list(sampler)
+    assert len(batches) == 128 // 2 and all(len(b) == 8 for b in batches)  # two anchors from the stream per batch
+    for batch in batches:
+        names = [image_ids[row] for row in batch]
+        assert len(set(names)) == 8
+        for group in (names[:4], names[4:]):
+            assert len({int(name[3:]) // 4 for name in group}) == 1  # one cluster: the anchor and its neighbours
+
+
+def test_neighbour_batches_mix_groups_and_stream_and_follow_seed_and_epoch():
+    image_ids, features = objects_corpus()
+    make = lambda seed: NeighbourBatchSampler(image_ids, features, batch_size=16, hard_fraction=0.5, group_size=4,
+                                              num_neighbours=3, seed=seed)
+    sampler = make(0)
+    first = list(sampler)
+    assert first == list(make(0))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert list(make(1)) != first
+    stream_rows = set()
+    for batch in first:
+        names = [image_ids[row] for row in batch]
+        assert len(set(names)) == len(names)
+        for start in (0, 4):  # two groups of four: an anchor and its three nearest images
+            assert len({int(name[3:]) // 4 for name in names[start:start + 4]}) == 1
+        stream_rows.update([batch[0], batch[4], *batch[8:]])
+    assert stream_rows == set(range(len(image_ids)))  # every caption once as an anchor or filler
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hard_fraction": 1.5}, "hard_fraction=1.5 must be between 0 and 1"),
+        ({"group_size": 1}, "group_size=1 must be between 2 and batch_size"),
+        ({"group_size": 4, "num_neighbours": 2}, "num_neighbours=2 must be at least group_size - 1"),
+    ],
+)
+def test_neighbour_sampler_names_bad_settings(kwargs, message):
+    image_ids, features = objects_corpus()
+    with pytest.raises(ValueError, match=message):
+        NeighbourBatchSampler(image_ids, features, batch_size=8, **kwargs)
+    with pytest.raises(ValueError, match="features has 3 entries but image_ids has 128"):
+        NeighbourBatchSampler(image_ids, features[:3], batch_size=8)

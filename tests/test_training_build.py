@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datasets
+import pytest
 import torch
 from accelerate.utils import set_seed
 
@@ -43,3 +45,34 @@ def test_channels_last_and_eager_attention_change_layout_and_kernel_not_results(
         grads.append(model.visual_projection.weight.grad)
     torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_hard_negatives_build_neighbour_batches_from_the_named_columns():
+    from seeyou_ml.data.samplers import NeighbourBatchSampler
+    from seeyou_ml.training.build import build_batch_sampler, row_features
+
+    assert row_features([[["red", "blue"]], [["cross", "star"]], ["A Red cross"]]) == [
+        [("red", "cross"), ("blue", "star"), "a", "red", "cross"]
+    ]
+    colours = [["red", "blue"], ["red", "green"], ["black", "blue"], ["red", "blue"]] * 4
+    rows = {"image_id": [f"img{i}" for i in range(16)], "lang": ["en"] * 16, "caption": ["x"] * 16,
+            "colours": colours, "shapes": [["cross", "star"]] * 16}
+    config = DataConfig(batch_size=8, hard_negatives={"columns": ["colours", "shapes"], "group_size": 2,
+                                                      "num_neighbours": 3})
+    dataset = datasets.Dataset.from_dict(rows)
+    sampler = build_batch_sampler(config, dataset, seed=0)
+    assert isinstance(sampler, NeighbourBatchSampler) and sampler.group_size == 2 and sampler.hard_fraction == 0.5
+    assert all(len(batch) == 8 for batch in sampler)
+    # img0 (red cross, blue star) shares both objects with img3, img4, img7, ...: those are its neighbours.
+    names = list(sampler.image_names)
+    assert {names[n] for n in sampler.neighbours[names.index("img0")]} <= {"img3", "img4", "img7", "img8", "img11",
+                                                                            "img12", "img15"}
+
+    with pytest.raises(ValueError, match="data.hard_negatives needs `columns`"):
+        build_batch_sampler(DataConfig(batch_size=8, hard_negatives={"group_size": 2}), dataset, seed=0)
+    with pytest.raises(KeyError, match=r"columns \['objects'\] are missing"):
+        build_batch_sampler(DataConfig(batch_size=8, hard_negatives={"columns": ["objects"]}), dataset, seed=0)
+    records = [dict(zip(rows, values)) for values in zip(*rows.values())]
+    with pytest.raises(KeyError, match=r"columns \['objects'\] are missing from some records"):
+        build_batch_sampler(DataConfig(batch_size=8, hard_negatives={"columns": ["objects"]}), records, seed=0)
+    assert isinstance(build_batch_sampler(config, records, seed=0), NeighbourBatchSampler)

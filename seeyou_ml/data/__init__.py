@@ -14,7 +14,7 @@ from .augment import (
 )
 from .collator import SeeYouCollator
 from .corpus import CORPUS_FORMATS, corpus_features, detect_format, load_corpus
-from .samplers import UniqueImageBatchSampler
+from .samplers import NeighbourBatchSampler, UniqueImageBatchSampler
 from .scenes import class_prompts, load_scenes, synonym_table
 from .tokenizer import scenes_tokenizer, train_sentencepiece_tokenizer
 from .validation import ISO_639_1, CorpusIssue, CorpusReport, normalize_lang

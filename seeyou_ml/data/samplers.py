@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["UniqueImageBatchSampler", "read_columns"]
+__all__ = ["NeighbourBatchSampler", "UniqueImageBatchSampler", "nearest_images", "read_columns"]
 
 
 def read_columns(dataset: Any, columns: Sequence[str]) -> dict[str, list]:
@@ -277,4 +277,179 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
             f"UniqueImageBatchSampler(rows={len(self.image_codes)}, images={len(self.image_names)}, "
             f"batch_size={self.batch_size}, group_by_language={self.group_by_language}, drop_last={self.drop_last}, "
             f"seed={self.seed}, epoch={self.epoch})"
+        )
+
+
+def nearest_images(features: Sequence[Sequence[Any]], num_neighbours: int, seed: int = 0,
+                   chunk_size: int = 1024) -> np.ndarray:
+    """The `num_neighbours` images sharing the most features with each image (ties broken at random).
+
+    Args:
+        features (`Sequence[Sequence[Any]]`): One collection of hashable features per image, e.g. its
+            `("red", "cross")` objects or its caption words.
+        num_neighbours (`int`): Neighbours to keep per image (fewer than the number of images).
+        seed (`int`, *optional*, defaults to 0): Seed of the tie-breaking.
+        chunk_size (`int`, *optional*, defaults to 1024): Images scored at once (memory is chunk_size x images).
+
+    Returns:
+        `np.ndarray`: (images, num_neighbours) indices, most shared features first; an image is never its own
+        neighbour.
+    """
+    count = len(features)
+    if not 0 < num_neighbours < count:
+        raise ValueError(f"num_neighbours={num_neighbours} must be between 1 and the number of images - 1 ({count - 1}).")
+    import torch
+
+    vocabulary: dict[Any, int] = {}
+    rows, cols = [], []
+    for image, values in enumerate(features):
+        for value in set(values):
+            rows.append(image)
+            cols.append(vocabulary.setdefault(value, len(vocabulary)))
+    onehot = torch.zeros(count, max(len(vocabulary), 1))
+    onehot[rows, cols] = 1.0
+    generator = torch.Generator().manual_seed(seed)
+    neighbours = torch.empty(count, num_neighbours, dtype=torch.int64)
+    for start in range(0, count, chunk_size):
+        stop = min(start + chunk_size, count)
+        shared = onehot[start:stop] @ onehot.T  # (chunk, images): features in common
+        shared += torch.rand(shared.shape, generator=generator) * 0.5  # random order among equals
+        shared[torch.arange(stop - start), torch.arange(start, stop)] = -1.0
+        neighbours[start:stop] = shared.topk(num_neighbours, dim=1).indices  # sorted, most shared first
+    neighbours = neighbours.numpy()
+    return neighbours
+
+
+class NeighbourBatchSampler(UniqueImageBatchSampler):
+    """A [`UniqueImageBatchSampler`] whose batches hold groups of similar images, hard negatives for one another.
+
+    With random batches, the images a caption must be told apart from are mostly easy ones; retrieval over a large
+    gallery is decided by the few that differ in one attribute or one relation. Here a share `hard_fraction` of
+    every batch is built from groups of `group_size` images: an anchor caption from the epoch's stream (the same
+    evenly spread order `UniqueImageBatchSampler` plans) and a random caption of each of `group_size - 1` of its
+    nearest images, those sharing the most `features` (see [`nearest_images`]). The rest of the batch follows the
+    stream. No image appears twice in a batch. Anchors and fillers cover the epoch's captions once; neighbour
+    captions are extra draws, so an epoch has more batches than the plain sampler's.
+
+    Args:
+        image_ids (`Sequence[str]`): The `image_id` of every row.
+        features (`Sequence[Sequence[Any]]`): The features of every row (e.g. its objects or caption words);
+            an image's features are the union over its rows.
+        batch_size (`int`): Captions per batch.
+        hard_fraction (`float`, *optional*, defaults to 0.5): Share of each batch filled with neighbour groups.
+        group_size (`int`, *optional*, defaults to 4): Images per group (an anchor and its neighbours).
+        num_neighbours (`int`, *optional*, defaults to 16): Nearest images each group draws its neighbours from.
+        langs, shuffle, drop_last, seed, max_captions_per_image: As for [`UniqueImageBatchSampler`] (batches mix
+            languages; `group_by_language` is not offered).
+
+    Example:
+
+    ```python
+    >>> from seeyou_ml.data.samplers import NeighbourBatchSampler
+
+    >>> objects = [["red circle"], ["red circle", "blue star"], ["blue star"], ["green cross"]]
+    >>> sampler = NeighbourBatchSampler(["a", "b", "c", "d"], objects, batch_size=2, hard_fraction=1.0,
+    ...                                 group_size=2, num_neighbours=1, seed=0)
+    >>> sampler.neighbours[0].tolist()  # "a" shares its red circle with "b" only
+    [1]
+    ```
+    """
+
+    def __init__(
+        self,
+        image_ids: Sequence[str],
+        features: Sequence[Sequence[Any]],
+        batch_size: int,
+        hard_fraction: float = 0.5,
+        group_size: int = 4,
+        num_neighbours: int = 16,
+        langs: Sequence[str] | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        max_captions_per_image: int | None = None,
+    ):
+        super().__init__(image_ids, batch_size, langs=langs, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                         max_captions_per_image=max_captions_per_image)
+        if len(features) != len(image_ids):
+            raise ValueError(f"features has {len(features)} entries but image_ids has {len(image_ids)}; pass one "
+                             "per row.")
+        if not 0.0 <= hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction={hard_fraction} must be between 0 and 1.")
+        if group_size < 2 or group_size > batch_size:
+            raise ValueError(f"group_size={group_size} must be between 2 and batch_size ({batch_size}).")
+        if num_neighbours < group_size - 1:
+            raise ValueError(f"num_neighbours={num_neighbours} must be at least group_size - 1 ({group_size - 1}).")
+        self.hard_fraction = hard_fraction
+        self.group_size = group_size
+        per_image: list[set] = [set() for _ in range(len(self.image_names))]
+        for code, values in zip(self.image_codes.tolist(), features):
+            per_image[code].update(values)
+        self.neighbours = nearest_images(per_image, num_neighbours, seed=seed)
+        # Rows of each image, for drawing a random caption of a neighbour.
+        by_image = np.argsort(self.image_codes, kind="stable")
+        starts = np.searchsorted(self.image_codes[by_image], np.arange(len(self.image_names)))
+        self._rows_by_image = np.split(by_image, starts[1:])
+
+    def _plan_epoch(self) -> list[list[int]]:
+        if self._plan is not None and self._plan[0] == self.epoch:
+            return self._plan[1]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        stream = self._group_order(np.arange(len(self.image_codes)), rng).tolist()
+        groups_per_batch = int(self.batch_size * self.hard_fraction) // self.group_size
+        batches: list[list[int]] = []
+        waiting: deque[int] = deque()
+        position = 0
+        while position < len(stream) or waiting:
+            batch: list[int] = []
+            seen: set[int] = set()
+            deferred: list[int] = []
+
+            def next_row() -> int | None:
+                nonlocal position
+                while waiting or position < len(stream):
+                    if waiting:
+                        row = waiting.popleft()
+                    else:
+                        row, position = stream[position], position + 1
+                    if self.image_codes[row] in seen:
+                        deferred.append(row)  # its image is in this batch already; it waits for the next one
+                        continue
+                    return row
+                return None
+
+            for _ in range(groups_per_batch):
+                if len(batch) + self.group_size > self.batch_size:
+                    break
+                anchor = next_row()
+                if anchor is None:
+                    break
+                image = int(self.image_codes[anchor])
+                batch.append(anchor)
+                seen.add(image)
+                candidates = [n for n in self.neighbours[image].tolist() if n not in seen]
+                picks = rng.permutation(candidates)[: self.group_size - 1] if self.shuffle else candidates[
+                    : self.group_size - 1]
+                for neighbour in picks:
+                    batch.append(int(rng.choice(self._rows_by_image[neighbour])))
+                    seen.add(int(neighbour))
+            while len(batch) < self.batch_size:
+                row = next_row()
+                if row is None:
+                    break
+                batch.append(row)
+                seen.add(int(self.image_codes[row]))
+            waiting.extend(deferred)
+            if len(batch) == self.batch_size or (batch and not self.drop_last):
+                batches.append(batch)
+            if len(batch) < self.batch_size:
+                break
+        self._plan = (self.epoch, batches)
+        return batches
+
+    def __repr__(self) -> str:
+        return (
+            f"NeighbourBatchSampler(rows={len(self.image_codes)}, images={len(self.image_names)}, "
+            f"batch_size={self.batch_size}, hard_fraction={self.hard_fraction}, group_size={self.group_size}, "
+            f"num_neighbours={self.neighbours.shape[1]}, seed={self.seed}, epoch={self.epoch})"
         )

@@ -110,23 +110,54 @@ def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last
 
 
 def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
-    """Full global batches, reshuffled every epoch; without two captions of one image when asked."""
-    from ..data.samplers import UniqueImageBatchSampler, read_columns
+    """Full global batches, reshuffled every epoch; without two captions of one image when asked, and with groups of
+    similar images when `data.hard_negatives` names the columns that describe them."""
+    from ..data.samplers import NeighbourBatchSampler, UniqueImageBatchSampler, read_columns
 
+    hard = dict(config.hard_negatives)
+    feature_columns = list(hard.pop("columns", []))
+    if hard and not feature_columns:
+        raise ValueError("data.hard_negatives needs `columns`, the columns describing an image, e.g. "
+                         "{columns: [colours, shapes]} for the scenes corpus or {columns: [caption]}.")
     if hasattr(dataset, "column_names"):
-        columns = read_columns(dataset, ["image_id", "lang"])
-        image_ids, langs = columns["image_id"], columns["lang"]
+        columns = read_columns(dataset, ["image_id", "lang", *feature_columns])
     else:
-        image_ids = [row["image_id"] for row in dataset]
-        langs = [row.get("lang", "") for row in dataset]
+        missing = sorted({name for row in dataset for name in feature_columns if name not in row})
+        if missing:
+            raise KeyError(f"columns {missing} are missing from some records; data.hard_negatives.columns must name "
+                           "fields every record has.")
+        columns = {"image_id": [row["image_id"] for row in dataset], "lang": [row.get("lang", "") for row in dataset],
+                   **{name: [row[name] for row in dataset] for name in feature_columns}}
+    image_ids, langs = columns["image_id"], columns["lang"]
     if not config.image_unique_batches:
+        if feature_columns:
+            raise ValueError("data.hard_negatives groups images within batches; it needs image_unique_batches: true.")
         image_ids = [str(i) for i in range(len(image_ids))]
-    sampler = UniqueImageBatchSampler(image_ids, config.batch_size, langs=langs, drop_last=True, seed=seed,
-                                      **config.sampler_kwargs)
+    if feature_columns:
+        features = row_features([columns[name] for name in feature_columns])
+        sampler = NeighbourBatchSampler(image_ids, features, config.batch_size, langs=langs, drop_last=True,
+                                        seed=seed, **hard, **config.sampler_kwargs)
+    else:
+        sampler = UniqueImageBatchSampler(image_ids, config.batch_size, langs=langs, drop_last=True, seed=seed,
+                                          **config.sampler_kwargs)
     if len(sampler) == 0:
         raise ValueError(f"data.batch_size={config.batch_size} exceeds what one epoch of {len(image_ids)} captions "
                          "can fill without repeating an image; lower data.batch_size.")
     return sampler
+
+
+def row_features(columns: list[list[Any]]) -> list[list[Any]]:
+    """The features of every row from the `data.hard_negatives` columns.
+
+    List-valued columns are zipped element by element into objects (`colours` + `shapes` give `("red", "cross")`);
+    a text column gives its lower-cased words.
+    """
+    features = []
+    for values in zip(*columns):
+        lists = [v for v in values if isinstance(v, (list, tuple))]
+        words = [w for v in values if isinstance(v, str) for w in v.lower().split()]
+        features.append([tuple(parts) for parts in zip(*lists)] + words if lists else words)
+    return features
 
 
 def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerator) -> Any:
@@ -199,4 +230,5 @@ __all__ = [
     "build_trainer",
     "corpus_tokenizer",
     "load_split",
+    "row_features",
 ]

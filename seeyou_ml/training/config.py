@@ -57,6 +57,13 @@ class DataConfig:
         default_factory=dict,
         metadata={"help": "Further UniqueImageBatchSampler arguments (group_by_language, max_captions_per_image)."},
     )
+    hard_negatives: dict = field(
+        default_factory=dict,
+        metadata={"help": "Batches with groups of similar images (NeighbourBatchSampler): `columns` whose values "
+                          "describe an image (list columns are zipped into objects, e.g. [colours, shapes]; text "
+                          "columns give their words), and optionally `hard_fraction`, `group_size`, "
+                          "`num_neighbours`. Empty = random batches."},
+    )
     max_length: Optional[int] = field(default=None, metadata={"help": "Longest caption in tokens; null = tokenizer's."})
     augment: dict = field(
         default_factory=dict, metadata={"help": "Keyword arguments of the collator's augmentations (see its docs)."}
@@ -385,7 +392,7 @@ def _resolve_key(key: str, data: dict) -> tuple:
 
 def _is_open_mapping(name: Any) -> bool:
     """Sections whose keys are free (new keys may be added by an override)."""
-    return name in ("corpus_kwargs", "preset_kwargs", "sampler_kwargs", "augment", "config_overrides", "kwargs",
+    return name in ("corpus_kwargs", "preset_kwargs", "sampler_kwargs", "hard_negatives", "augment", "config_overrides", "kwargs",
                     "losses")
 
 
