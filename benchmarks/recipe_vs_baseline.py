@@ -3,8 +3,9 @@
 What is compared: two dual encoders with identical towers and identical initial weights, each trained for the same
 wall-clock budget on flickr8k-multi train and scored with the same evaluator on flickr8k-multi val.
 
-- **ours**: `SeeYouModel` (weights copied from the baseline's initial VTDE, `text_pooling="pooler"`, linear
-  projections) trained by `seeyou_ml.training.Trainer` with our recipe: image-unique batches (no false negatives),
+- **ours**: `SeeYouModel` (the same towers, weights copied from the baseline's initial VTDE, read out as
+  SeeYouModel does by default: mean pooling of the text tower, the vision tower's pooler; linear projections; VTDE's
+  tanh text pooler is left unused) trained by `seeyou_ml.training.Trainer` with our recipe: image-unique batches (no false negatives),
   AdamW with per-tower groups and no decay on norms/biases/temperature, warmup + cosine, clipping at 1.0, accelerate.
   The recipe comes from `recipes/flickr8k-multi.yaml` when it exists (else the defaults below), run with
   `max_train_seconds` = the budget and `schedule_by: time`, so its stages, warmup and cosine are laid over the
@@ -25,11 +26,11 @@ normalised by a wrapper; see `_common.evaluate_per_language`).
 
     python benchmarks/recipe_vs_baseline.py                                   # 480 s per arm
     python benchmarks/recipe_vs_baseline.py --budget-seconds 60 --max-train-images 1000   # smoke test
-    python benchmarks/recipe_vs_baseline.py --ours-text-pooling mean --ours-lr 2e-4      # ablation: our readout/rate
+    python benchmarks/recipe_vs_baseline.py --ours-text-pooling pooler               # ablation: VTDE's readout
 
-With VTDE's readout (`pooler`: tanh over the `<s>` token) the randomly initialised text tower gives nearly the same
-embedding to every caption (mean off-diagonal cosine ~0.9998), and a few hundred CPU steps do not get either arm past
-the uniform-logits plateau (loss ln B); `--ours-text-pooling mean` reads the same weights by mean pooling.
+The readout is part of our recipe: with VTDE's (`pooler`: tanh over the `<s>` token) the randomly initialised text
+tower gives nearly the same embedding to every caption (mean off-diagonal cosine ~0.9998), and a few hundred CPU steps
+do not get past the uniform-logits plateau (loss ln B); `--ours-text-pooling pooler` shows that ablation.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Peak learning rate of our recipe (default: the recipe's; for ablations).")
     parser.add_argument("--baseline-lr", type=float, default=RUN_CLIP_ARGS["learning_rate"],
                         help="Baseline learning rate (run_clip's documented 5e-5 by default; for ablations).")
-    parser.add_argument("--ours-text-pooling", choices=["pooler", "mean", "cls"], default="pooler",
-                        help="How our model reads a caption out of the (same) text tower: `pooler` is VTDE's tanh "
-                             "pooler over <s> (identical model); `mean` is SeeYouModel's default.")
+    parser.add_argument("--ours-text-pooling", choices=["pooler", "mean", "cls"], default="mean",
+                        help="How our model reads a caption out of the (same) text tower: `mean` is SeeYouModel's "
+                             "default; `pooler` is VTDE's tanh pooler over <s> (identical model).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the shared initialisation and of both runs.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each arm.")
     parser.add_argument("--sequential", action="store_true",
