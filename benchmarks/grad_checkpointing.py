@@ -1,13 +1,13 @@
 """Peak memory and step time of a training step with and without gradient checkpointing.
 
-ResNet-50 + XLM-R base (random init), batch 16, 224 px, on the CPU. Each mode runs in fresh processes, one that
-measures memory and one that measures time. "Activation peak" is the peak resident memory of the training steps
-above what the process held before the first step (weights, gradients, the batch): the part checkpointing trades
-for recompute. The memory process reads the peak from the kernel (`VmHWM`, reset before the steps) and runs with
-glibc placing every block of 64 KB or more in its own mapping, so that freeing a tensor returns its pages and
-resident memory follows the live tensors (by default glibc keeps freed heap pages resident, and the peak would count
-memory freed long before). The time process runs with the default allocator. Step time is the median over the
-steps after a warm-up. Prints a table with the ratios.
+ResNet-50 + XLM-R base (random init), batch 16, 224 px, on the CPU. "Activation peak" is the peak resident memory of
+the training steps above what the process held before the first step (weights, gradients, the batch): the part
+checkpointing trades for recompute. It is measured in a fresh process per mode, which reads the peak from the kernel
+(`VmHWM`, reset before the steps) and runs with glibc placing every block of 64 KB or more in its own mapping, so that
+freeing a tensor returns its pages and resident memory follows the live tensors (by default glibc keeps freed heap
+pages resident, and the peak would count memory freed long before). Step time is measured in one process with the
+default allocator that alternates the two modes (two steps each, the second timed), so that both see the same
+machine load: the median over the timed steps. Prints a table with the ratios.
 
     python benchmarks/grad_checkpointing.py [--batch-size 16] [--image-size 224] [--seq-len 32] [--steps 5]
 """
@@ -40,43 +40,71 @@ def reset_peak() -> None:
         clear_refs.write("5")
 
 
-def run_mode(args: argparse.Namespace) -> dict:
-    import warnings
-
+def build(args: argparse.Namespace):
+    """ResNet-50 + XLM-R base with gradients allocated up front, and a function running one training step."""
     import torch
 
     from seeyou_ml import SeeYouConfig, SeeYouModel
 
     torch.manual_seed(0)
-    model = SeeYouModel(SeeYouConfig()).train()  # ResNet-50 + XLM-R base
-    if args.checkpointing:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = SeeYouModel(SeeYouConfig()).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     batch = dict(
         input_ids=torch.randint(3, 250000, (args.batch_size, args.seq_len)),
         attention_mask=torch.ones(args.batch_size, args.seq_len, dtype=torch.long),
         pixel_values=torch.randn(args.batch_size, 3, args.image_size, args.image_size),
     )
+    for parameter in model.parameters():  # gradients allocated up front, so the memory base holds them
+        parameter.grad = torch.zeros_like(parameter)
 
-    def step():
+    def step() -> float:
+        start = time.perf_counter()
         optimizer.zero_grad(set_to_none=False)
         model(**batch, return_loss=True).loss.backward()
         optimizer.step()
+        return time.perf_counter() - start
 
-    for parameter in model.parameters():  # gradients allocated up front, so the base below holds them
-        parameter.grad = torch.zeros_like(parameter)
+    return model, step
+
+
+def set_checkpointing(model, enabled: bool) -> None:
+    import warnings
+
+    if not enabled:
+        model.gradient_checkpointing_disable()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def measure_memory(args: argparse.Namespace) -> dict:
+    """Peak resident memory of a warm-up step and `--steps` more, above the resident size before them."""
+    model, step = build(args)
+    set_checkpointing(model, args.checkpointing)
     reset_peak()
     base = resident_mb("VmRSS")
-    step()  # warm-up; its peak counts, its time does not
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
+    for _ in range(1 + args.steps):
         step()
-        times.append(time.perf_counter() - start)
     peak = resident_mb("VmHWM")
-    return {"step_s": sorted(times)[len(times) // 2], "peak_mb": peak, "activation_mb": peak - base}
+    return {"peak_mb": peak, "activation_mb": peak - base}
+
+
+def measure_time(args: argparse.Namespace) -> dict:
+    """Median step time of both modes, alternated in one process so that both see the same machine load.
+
+    Each mode runs two steps in a row and only the second is timed: the first after a switch pays for the allocator
+    adapting to the other mode's memory pattern, which a run that keeps one mode never does.
+    """
+    model, step = build(args)
+    times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
+    for round_ in range(args.steps):
+        order = list(times) if round_ % 2 == 0 else list(reversed(times))
+        for mode in order:
+            set_checkpointing(model, mode == "checkpointed")
+            step()
+            times[mode].append(step())
+    return {mode: sorted(values)[len(values) // 2] for mode, values in times.items()}
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> dict:
@@ -91,22 +119,21 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["memory", "time"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_mode(args)))
+        print(json.dumps(measure_memory(args) if args.child == "memory" else measure_time(args)))
         return
 
+    cmd = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+           "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
     results = {}
     for mode in ("plain", "checkpointed"):
-        cmd = [sys.executable, __file__, "--child", "--batch-size", str(args.batch_size), "--image-size",
-               str(args.image_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
-        if mode == "checkpointed":
-            cmd.append("--checkpointing")
-        memory = run_child(cmd, {**os.environ, **MEMORY_ENV})
-        timing = run_child(cmd, {k: v for k, v in os.environ.items() if k not in MEMORY_ENV})
-        results[mode] = {"activation_mb": memory["activation_mb"], "peak_mb": memory["peak_mb"],
-                         "step_s": timing["step_s"]}
+        extra = ["--checkpointing"] if mode == "checkpointed" else []
+        results[mode] = run_child(cmd + ["--child", "memory", *extra], {**os.environ, **MEMORY_ENV})
+    timing = run_child(cmd + ["--child", "time"], {k: v for k, v in os.environ.items() if k not in MEMORY_ENV})
+    for mode in results:
+        results[mode]["step_s"] = timing[mode]
 
     plain, ckpt = results["plain"], results["checkpointed"]
     print(f"ResNet-50 + XLM-R base, batch {args.batch_size}, {args.image_size} px, {args.seq_len} tokens, CPU fp32")
