@@ -5,11 +5,12 @@ the training steps above what the process held before the first step (weights, g
 checkpointing trades for recompute. It is measured in a fresh process per mode, which reads the peak from the kernel
 (`VmHWM`, reset before the steps) and runs with glibc placing every block of 64 KB or more in its own mapping, so that
 freeing a tensor returns its pages and resident memory follows the live tensors (by default glibc keeps freed heap
-pages resident, and the peak would count memory freed long before). Step time is measured in one process with the
-default allocator that alternates the two modes (two steps each, the second timed), so that both see the same
-machine load: the median over the timed steps. Prints a table with the ratios.
+pages resident, and the peak would count memory freed long before). Step time is measured with the default
+allocator in processes that keep one mode, as a training run does, alternating plain and checkpointed processes
+(`--rounds` each) so that slow spells of a shared machine hit both: the median over all their steps after the
+warm-ups. Prints a table with the ratios.
 
-    python benchmarks/grad_checkpointing.py [--batch-size 16] [--image-size 224] [--seq-len 32] [--steps 5]
+    python benchmarks/grad_checkpointing.py [--batch-size 16] [--image-size 224] [--seq-len 32] [--steps 5] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -91,20 +92,11 @@ def measure_memory(args: argparse.Namespace) -> dict:
 
 
 def measure_time(args: argparse.Namespace) -> dict:
-    """Median step time of both modes, alternated in one process so that both see the same machine load.
-
-    Each mode runs two steps in a row and only the second is timed: the first after a switch pays for the allocator
-    adapting to the other mode's memory pattern, which a run that keeps one mode never does.
-    """
+    """Times of `--steps` training steps after a warm-up, in one mode, as a run that keeps that mode sees them."""
     model, step = build(args)
-    times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
-    for round_ in range(args.steps):
-        order = list(times) if round_ % 2 == 0 else list(reversed(times))
-        for mode in order:
-            set_checkpointing(model, mode == "checkpointed")
-            step()
-            times[mode].append(step())
-    return {mode: sorted(values)[len(values) // 2] for mode, values in times.items()}
+    set_checkpointing(model, args.checkpointing)
+    step()
+    return {"step_s": [step() for _ in range(args.steps)]}
 
 
 def run_child(cmd: list[str], env: dict[str, str]) -> dict:
@@ -118,6 +110,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2, help="Timing processes per mode (alternating).")
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["memory", "time"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,9 +124,14 @@ def main() -> None:
     for mode in ("plain", "checkpointed"):
         extra = ["--checkpointing"] if mode == "checkpointed" else []
         results[mode] = run_child(cmd + ["--child", "memory", *extra], {**os.environ, **MEMORY_ENV})
-    timing = run_child(cmd + ["--child", "time"], {k: v for k, v in os.environ.items() if k not in MEMORY_ENV})
-    for mode in results:
-        results[mode]["step_s"] = timing[mode]
+    default_env = {k: v for k, v in os.environ.items() if k not in MEMORY_ENV}
+    times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
+    for round_ in range(args.rounds):  # processes alternate, so slow spells of a shared machine hit both modes
+        for mode in (("plain", "checkpointed") if round_ % 2 == 0 else ("checkpointed", "plain")):
+            extra = ["--checkpointing"] if mode == "checkpointed" else []
+            times[mode] += run_child(cmd + ["--child", "time", *extra], default_env)["step_s"]
+    for mode, values in times.items():
+        results[mode]["step_s"] = sorted(values)[len(values) // 2]
 
     plain, ckpt = results["plain"], results["checkpointed"]
     print(f"ResNet-50 + XLM-R base, batch {args.batch_size}, {args.image_size} px, {args.seq_len} tokens, CPU fp32")
