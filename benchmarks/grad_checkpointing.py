@@ -42,13 +42,20 @@ def reset_peak() -> None:
 
 
 def build(args: argparse.Namespace):
-    """ResNet-50 + XLM-R base with gradients allocated up front, and a function running one training step."""
+    """ResNet-50 + XLM-R base (checkpointed with `--checkpointing`) with gradients allocated up front, and a function
+    running one training step and returning its time."""
+    import warnings
+
     import torch
 
     from seeyou_ml import SeeYouConfig, SeeYouModel
 
     torch.manual_seed(0)
     model = SeeYouModel(SeeYouConfig()).train()
+    if args.checkpointing:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     batch = dict(
         input_ids=torch.randint(3, 250000, (args.batch_size, args.seq_len)),
@@ -65,24 +72,12 @@ def build(args: argparse.Namespace):
         optimizer.step()
         return time.perf_counter() - start
 
-    return model, step
-
-
-def set_checkpointing(model, enabled: bool) -> None:
-    import warnings
-
-    if not enabled:
-        model.gradient_checkpointing_disable()
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return step
 
 
 def measure_memory(args: argparse.Namespace) -> dict:
     """Peak resident memory of a warm-up step and `--steps` more, above the resident size before them."""
-    model, step = build(args)
-    set_checkpointing(model, args.checkpointing)
+    step = build(args)
     reset_peak()
     base = resident_mb("VmRSS")
     for _ in range(1 + args.steps):
@@ -93,8 +88,7 @@ def measure_memory(args: argparse.Namespace) -> dict:
 
 def measure_time(args: argparse.Namespace) -> dict:
     """Times of `--steps` training steps after a warm-up, in one mode, as a run that keeps that mode sees them."""
-    model, step = build(args)
-    set_checkpointing(model, args.checkpointing)
+    step = build(args)
     step()
     return {"step_s": [step() for _ in range(args.steps)]}
 
@@ -118,18 +112,17 @@ def main() -> None:
         print(json.dumps(measure_memory(args) if args.child == "memory" else measure_time(args)))
         return
 
-    cmd = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-           "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
-    results = {}
-    for mode in ("plain", "checkpointed"):
-        extra = ["--checkpointing"] if mode == "checkpointed" else []
-        results[mode] = run_child(cmd + ["--child", "memory", *extra], {**os.environ, **MEMORY_ENV})
+    def child(kind: str, mode: str, env: dict[str, str]) -> dict:
+        cmd = [sys.executable, __file__, "--child", kind, "--batch-size", str(args.batch_size), "--image-size",
+               str(args.image_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
+        return run_child(cmd + (["--checkpointing"] if mode == "checkpointed" else []), env)
+
+    results = {mode: child("memory", mode, {**os.environ, **MEMORY_ENV}) for mode in ("plain", "checkpointed")}
     default_env = {k: v for k, v in os.environ.items() if k not in MEMORY_ENV}
     times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
     for round_ in range(args.rounds):  # processes alternate, so slow spells of a shared machine hit both modes
         for mode in (("plain", "checkpointed") if round_ % 2 == 0 else ("checkpointed", "plain")):
-            extra = ["--checkpointing"] if mode == "checkpointed" else []
-            times[mode] += run_child(cmd + ["--child", "time", *extra], default_env)["step_s"]
+            times[mode] += child("time", mode, default_env)["step_s"]
     for mode, values in times.items():
         results[mode]["step_s"] = sorted(values)[len(values) // 2]
 

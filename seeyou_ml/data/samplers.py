@@ -235,9 +235,12 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
         return batches
 
     def _plan_epoch(self) -> list[list[int]]:
-        if self._plan is not None and self._plan[0] == self.epoch:
-            return self._plan[1]
-        rng = np.random.default_rng([self.seed, self.epoch])
+        if self._plan is None or self._plan[0] != self.epoch:
+            self._plan = (self.epoch, self._plan_batches(np.random.default_rng([self.seed, self.epoch])))
+        return self._plan[1]
+
+    def _plan_batches(self, rng: np.random.Generator) -> list[list[int]]:
+        """The batches of one epoch, drawn from `rng` (seeded from the seed and the epoch)."""
         if self.group_by_language:
             groups = [np.flatnonzero(self.lang_codes == code) for code in range(len(self.lang_names))]
         else:
@@ -246,7 +249,6 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
         if self.shuffle and self.group_by_language:
             # Interleave languages across the epoch instead of running them one after another.
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        self._plan = (self.epoch, batches)
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -391,10 +393,7 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
         starts = np.searchsorted(self.image_codes[by_image], np.arange(len(self.image_names)))
         self._rows_by_image = np.split(by_image, starts[1:])
 
-    def _plan_epoch(self) -> list[list[int]]:
-        if self._plan is not None and self._plan[0] == self.epoch:
-            return self._plan[1]
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _plan_batches(self, rng: np.random.Generator) -> list[list[int]]:
         stream = self._group_order(np.arange(len(self.image_codes)), rng).tolist()
         groups_per_batch = int(self.batch_size * self.hard_fraction) // self.group_size
         batches: list[list[int]] = []
@@ -418,9 +417,7 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
                     return row
                 return None
 
-            for _ in range(groups_per_batch):
-                if len(batch) + self.group_size > self.batch_size:
-                    break
+            for _ in range(groups_per_batch):  # groups_per_batch * group_size <= batch_size
                 anchor = next_row()
                 if anchor is None:
                     break
@@ -428,9 +425,9 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
                 batch.append(anchor)
                 seen.add(image)
                 candidates = [n for n in self.neighbours[image].tolist() if n not in seen]
-                picks = rng.permutation(candidates)[: self.group_size - 1] if self.shuffle else candidates[
-                    : self.group_size - 1]
-                for neighbour in picks:
+                if self.shuffle:
+                    candidates = rng.permutation(candidates).tolist()
+                for neighbour in candidates[: self.group_size - 1]:
                     batch.append(int(rng.choice(self._rows_by_image[neighbour])))
                     seen.add(int(neighbour))
             while len(batch) < self.batch_size:
@@ -444,7 +441,6 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
                 batches.append(batch)
             if len(batch) < self.batch_size:
                 break
-        self._plan = (self.epoch, batches)
         return batches
 
     def __repr__(self) -> str:
