@@ -86,6 +86,29 @@ def test_unreadable_images_and_incomplete_records_are_named(processor, tmp_path)
         collator([])
 
 
+def test_cache_images_processes_each_image_once_with_the_same_pixels(processor, tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        box_image((40, 30), [5 * i, 4, 5 * i + 10, 20]).save(paths[-1])
+    rows = [{"image": str(path), "caption": CAPTIONS[i], "lang": "en", "image_id": str(i), "boxes": [[0, 0, 20, 15]]}
+            for i, path in enumerate(paths)]
+    plain = SeeYouCollator(processor, return_boxes=True)(rows)
+    cached = SeeYouCollator(processor, return_boxes=True, cache_images=True)
+    assert torch.equal(cached(rows[:2])["pixel_values"], plain["pixel_values"][:2])
+    # Images 0 and 1 now come from the cache: their files are no longer read.
+    paths[0].unlink()
+    paths[1].unlink()
+    again = cached([rows[1], rows[2], {**rows[0], "caption": "another caption"}])
+    assert torch.equal(again["pixel_values"], plain["pixel_values"][[1, 2, 0]])
+    for got, want in zip(again["boxes"], [plain["boxes"][i] for i in (1, 2, 0)]):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="image_id '0'"):
+        SeeYouCollator(processor)([rows[0]])
+    with pytest.raises(ValueError, match="cache_images=True with image_augment"):
+        SeeYouCollator(processor, image_augment=RandAugment(), cache_images=True)
+
+
 def box_image(size, box) -> Image.Image:
     image = Image.new("RGB", size, (0, 0, 0))
     ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255))

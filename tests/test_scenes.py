@@ -3,7 +3,7 @@ grammar per language and the dataset schema."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
@@ -22,6 +22,7 @@ from seeyou_ml.data.scenes import (
     resolve,
     synonym_table,
 )
+from seeyou_ml.data.scenes.languages import ORDERS, TEMPLATES
 from seeyou_ml.data.scenes.render import object_masks
 
 
@@ -55,6 +56,19 @@ def test_captions_are_unique_per_split_and_language(train_scenes, test_scenes):
         for code in LANGUAGES:
             captions = [d.captions[code] for d in scenes]
             assert len(set(captions)) == len(captions), code
+
+
+def test_every_caption_fits_its_own_image_only(train_scenes, test_scenes):
+    # A caption says an order and the objects in it; any image whose objects read the same in that order fits it,
+    # whichever template or language the caption uses.
+    for scenes in (train_scenes, test_scenes):
+        fitting_images = defaultdict(list)
+        for index, drawn in enumerate(scenes):
+            for order in ORDERS:
+                fitting_images[order, tuple(drawn.scene.caption_mentions(order))].append(index)
+        for index, drawn in enumerate(scenes):
+            order = TEMPLATES[drawn.scene.template][0]
+            assert fitting_images[order, tuple(drawn.scene.caption_mentions(order))] == [index]
 
 
 def test_held_out_combos_absent_from_train_and_in_most_test_images(train_scenes, test_scenes):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from seeyou_ml.training.build import build_collator, build_model_and_processor
+from seeyou_ml.training.build import build_collator, build_model_and_processor, encoded_images
 from seeyou_ml.training.config import DataConfig, ModelConfig
 
 from training_fixtures import make_records
@@ -76,3 +76,17 @@ def test_hard_negatives_build_neighbour_batches_from_the_named_columns():
     with pytest.raises(KeyError, match=r"columns \['objects'\] are missing from some records"):
         build_batch_sampler(DataConfig(batch_size=8, hard_negatives={"columns": ["objects"]}), records, seed=0)
     assert isinstance(build_batch_sampler(config, records, seed=0), NeighbourBatchSampler)
+
+
+def test_encoded_images_hand_out_files_the_caching_collator_decodes_once(tiny_tokenizer, tmp_path):
+    rows = make_records(4, languages=("en",))
+    dataset = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
+    encoded = encoded_images(dataset)
+    assert set(encoded[0]["image"]) == {"bytes", "path"} and encoded[0]["caption"] == dataset[0]["caption"]
+    assert encoded_images(encoded) is encoded and encoded_images(rows) is rows
+    _, processor = build_model_and_processor(ModelConfig(preset_kwargs=PRESET), tiny_tokenizer)
+    collator = build_collator(DataConfig(batch_size=4, cache_images=True), processor)
+    assert collator.cache_images
+    plain = build_collator(DataConfig(batch_size=4), processor)([dataset[i] for i in range(4)])
+    batch = collator([encoded[i] for i in range(4)])
+    torch.testing.assert_close(batch["pixel_values"], plain["pixel_values"])

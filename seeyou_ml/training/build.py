@@ -106,7 +106,8 @@ def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last
         from ..data.augment import AugmentationConfig, build_augmentations
 
         augmentations = vars(build_augmentations(AugmentationConfig.from_dict(config.augment)))
-    return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last, **augmentations)
+    return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last,
+                          cache_images=config.cache_images, **augmentations)
 
 
 def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
@@ -198,13 +199,24 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         recipe,
         model=model,
         processor=processor,
-        train_dataset=train,
+        train_dataset=encoded_images(train) if recipe.data.cache_images else train,
         collate_fn=build_collator(recipe.data, processor, channels_last=recipe.model.channels_last),
         batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
         eval_dataset=evaluation,
         evaluate_fn=build_evaluate_fn(recipe.data, evaluation) if evaluation is not None else None,
         accelerator=accelerator,
     )
+
+
+def encoded_images(dataset: Any) -> Any:
+    """`dataset` with a decoding `image` column (a `datasets.Image` feature) cast to hand out the encoded file
+    (`{"bytes", "path"}`), which the collator decodes itself: with `data.cache_images`, once per image."""
+    from datasets import Image
+
+    feature = getattr(dataset, "features", {}).get("image")
+    if isinstance(feature, Image) and feature.decode:
+        return dataset.cast_column("image", Image(decode=False))
+    return dataset
 
 
 def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
@@ -229,6 +241,7 @@ __all__ = [
     "build_model_and_processor",
     "build_trainer",
     "corpus_tokenizer",
+    "encoded_images",
     "load_split",
     "row_features",
 ]

@@ -72,6 +72,12 @@ class DataConfig:
         default=0, metadata={"help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
                                      "runs stay exact with workers too)."}
     )
+    cache_images: bool = field(
+        default=False,
+        metadata={"help": "Keep every training image's processed pixels in memory (4 * 3 * H * W bytes per image in "
+                          "each process that collates) and load, decode and process each image once; for small "
+                          "images with several captions each. Not with image augmentations."},
+    )
 
 
 @dataclass

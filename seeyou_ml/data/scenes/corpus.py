@@ -4,9 +4,12 @@ Splits (`SPLITS`): train draws only colour-shape combinations outside `HELD_OUT_
 combinations and force one held-out combination into 80 % of their images, so both measure compositional
 generalisation (val is a smaller test, fit for model selection without touching test).
 
-Within a split no two images share a caption in any language: image `i` is drawn from the generator of
-(seed, split, i, attempt) with attempt 0, 1, ... until its captions are new. Generation is therefore sequential
-(cheap), while rendering is parallel. The first `n` images of a split are the same for every `num_images >= n`.
+Within a split every caption identifies its image: no two images share a caption in any language, and no caption is
+true of another image of the split (a caption states an order along one axis and the objects in it; another image
+with the same objects in the same order along that axis would fit it as well, whatever its template). Image `i` is
+drawn from the generator of (seed, split, i, attempt) with attempt 0, 1, ... until both hold. Generation is therefore
+sequential (cheap), while rendering is parallel. The first `n` images of a split are the same for every
+`num_images >= n`.
 
 Rows are image x language, image-major. The images are PNG files in the cache folder, referenced by path from the
 `image` column (an `Image()` feature), so the ten captions of an image share one file.
@@ -27,12 +30,12 @@ import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetInfo, Features, Image, List, NamedSplit, Value
 from tqdm.auto import tqdm
 
-from .languages import LANGUAGES, TEMPLATES, get_language
+from .languages import LANGUAGES, ORDERS, TEMPLATES, get_language
 from .render import render_scene
-from .scene import HELD_OUT_COMBOS, SHAPES, Scene, sample_scene, scene_rng
+from .scene import HELD_OUT_COMBOS, SHAPES, Mention, Scene, sample_scene, scene_rng
 
 
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 """Bumped whenever generation changes, so caches of older corpora are not reused."""
 
 
@@ -87,24 +90,35 @@ class DrawnScene:
 
 
 def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) -> list[DrawnScene]:
-    """Draws the scenes of a split with captions unique per language (see the module docstring)."""
+    """Draws the scenes of a split whose captions identify their images (see the module docstring)."""
     spec = _check_split(split)
     num_images = spec.num_images if num_images is None else num_images
     languages = list(LANGUAGES.values())
     seen: dict[str, set[str]] = {lang.code: set() for lang in languages}
+    # A caption's meaning is (order, mentions): what it says, whatever its template or language. `stated` holds the
+    # meanings of the captions drawn so far; `fitting` every meaning that an image drawn so far fits.
+    stated: set[tuple[str, tuple[Mention, ...]]] = set()
+    fitting: set[tuple[str, tuple[Mention, ...]]] = set()
     scenes = []
     for index in range(num_images):
         for attempt in range(1000):
             scene = sample_scene(scene_rng(seed, split, index, attempt), spec.held_out, len(TEMPLATES))
             order = TEMPLATES[scene.template][0]
-            mentions = scene.caption_mentions(order)
-            captions = {lang.code: lang.render_caption(scene.template, mentions) for lang in languages}
-            if all(captions[code] not in seen[code] for code in seen):
+            fits = {(axis, tuple(scene.caption_mentions(axis))) for axis in ORDERS}
+            meaning = (order, tuple(scene.caption_mentions(order)))
+            captions = {lang.code: lang.render_caption(scene.template, list(meaning[1])) for lang in languages}
+            if (
+                meaning not in fitting
+                and stated.isdisjoint(fits)
+                and all(captions[code] not in seen[code] for code in seen)
+            ):
                 break
         else:
-            raise RuntimeError(f"image {index} of split {split!r} found no unused caption in 1000 draws")
+            raise RuntimeError(f"image {index} of split {split!r} found no caption of its own in 1000 draws")
         for code, caption in captions.items():
             seen[code].add(caption)
+        stated.add(meaning)
+        fitting |= fits
         scenes.append(DrawnScene(scene, attempt, captions))
     return scenes
 
