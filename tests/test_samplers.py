@@ -168,15 +168,17 @@ def test_accelerate_shards_the_batches_and_forwards_set_epoch():
 # ---- NeighbourBatchSampler ----------------------------------------------------------------------------------------
 
 
-def test_nearest_images_ranks_by_shared_features_and_never_returns_the_image_itself():
-    features = [{"a", "b", "c"}, {"a", "b", "x"}, {"a", "y"}, {"z"}, {"a", "b", "c", "w"}]
-    neighbours = nearest_images(features, num_neighbours=3, seed=0)
-    assert neighbours.shape == (5, 3)
-    assert neighbours[0].tolist() == [4, 1, 2]  # 3, 2 and 1 features in common
-    assert neighbours[1].tolist()[:2] == [0, 4] or neighbours[1].tolist()[:2] == [4, 0]  # both share a and b
-    assert all(i not in row for i, row in enumerate(neighbours.tolist()))
-    with pytest.raises(ValueError, match="num_neighbours=5 must be between 1"):
-        nearest_images(features, num_neighbours=5)
+def test_nearest_images_ranks_by_the_share_of_features_in_common_and_never_returns_the_image_itself():
+    features = [{"a", "b"}, {"a", "b", "c", "d"}, {"a", "b", "c"}, {"a", "b", "e"}, {"b", "a"}, {"a", "x"}, {"z"}]
+    for seed in range(5):
+        neighbours = nearest_images(features, num_neighbours=5, seed=seed)
+        assert neighbours.shape == (7, 5)
+        # Jaccard with image 0: image 4 1.0; images 2 and 3 2/3; image 1 1/2; image 5 1/3; image 6 0.
+        assert neighbours[0][0] == 4 and set(neighbours[0][1:3]) == {2, 3} and neighbours[0][3:].tolist() == [1, 5]
+        assert neighbours[1][:2].tolist() == [2, 0] or neighbours[1][:2].tolist() == [2, 4]  # 3/4, then 2/4
+        assert all(i not in row for i, row in enumerate(neighbours.tolist()))
+    with pytest.raises(ValueError, match="num_neighbours=7 must be between 1"):
+        nearest_images(features, num_neighbours=7)
 
 
 def objects_corpus(num_images: int = 64, captions_per_image: int = 2):

@@ -284,7 +284,10 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
 
 def nearest_images(features: Sequence[Sequence[Any]], num_neighbours: int, seed: int = 0,
                    chunk_size: int = 1024) -> np.ndarray:
-    """The `num_neighbours` images sharing the most features with each image (ties broken at random).
+    """The `num_neighbours` images most like each image: the largest share of their features in common (the Jaccard
+    similarity of the two feature sets, shared / all distinct features of both), ties broken at random.
+
+    Sharing is relative, so an image with exactly the same two objects ranks before one that has them among four.
 
     Args:
         features (`Sequence[Sequence[Any]]`): One collection of hashable features per image, e.g. its
@@ -294,8 +297,7 @@ def nearest_images(features: Sequence[Sequence[Any]], num_neighbours: int, seed:
         chunk_size (`int`, *optional*, defaults to 1024): Images scored at once (memory is chunk_size x images).
 
     Returns:
-        `np.ndarray`: (images, num_neighbours) indices, most shared features first; an image is never its own
-        neighbour.
+        `np.ndarray`: (images, num_neighbours) indices, most alike first; an image is never its own neighbour.
     """
     count = len(features)
     if not 0 < num_neighbours < count:
@@ -308,18 +310,23 @@ def nearest_images(features: Sequence[Sequence[Any]], num_neighbours: int, seed:
         for value in set(values):
             rows.append(image)
             cols.append(vocabulary.setdefault(value, len(vocabulary)))
-    onehot = torch.zeros(count, max(len(vocabulary), 1))
+    onehot = torch.zeros(count, max(len(vocabulary), 1), dtype=torch.float64)
     onehot[rows, cols] = 1.0
+    sizes = onehot.sum(1)  # distinct features per image
+    # Two different ratios of feature counts up to `largest` differ by at least 1 / largest**2: noise below that
+    # only reorders equals.
+    largest = max(2 * float(sizes.max()), 1.0)
     generator = torch.Generator().manual_seed(seed)
     neighbours = torch.empty(count, num_neighbours, dtype=torch.int64)
     for start in range(0, count, chunk_size):
         stop = min(start + chunk_size, count)
         shared = onehot[start:stop] @ onehot.T  # (chunk, images): features in common
-        shared += torch.rand(shared.shape, generator=generator) * 0.5  # random order among equals
-        shared[torch.arange(stop - start), torch.arange(start, stop)] = -1.0
-        neighbours[start:stop] = shared.topk(num_neighbours, dim=1).indices  # sorted, most shared first
-    neighbours = neighbours.numpy()
-    return neighbours
+        union = (sizes[start:stop, None] + sizes[None, :] - shared).clamp(min=1.0)
+        similarity = shared / union
+        similarity += torch.rand(similarity.shape, generator=generator, dtype=torch.float64) * 0.5 / largest**2
+        similarity[torch.arange(stop - start), torch.arange(start, stop)] = -1.0
+        neighbours[start:stop] = similarity.topk(num_neighbours, dim=1).indices  # sorted, most alike first
+    return neighbours.numpy()
 
 
 class NeighbourBatchSampler(UniqueImageBatchSampler):
@@ -329,9 +336,9 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
     gallery is decided by the few that differ in one attribute or one relation. Here a share `hard_fraction` of
     every batch is built from groups of `group_size` images: an anchor caption from the epoch's stream (the same
     evenly spread order `UniqueImageBatchSampler` plans) and a random caption of each of `group_size - 1` of its
-    nearest images, those sharing the most `features` (see [`nearest_images`]). The rest of the batch follows the
-    stream. No image appears twice in a batch. Anchors and fillers cover the epoch's captions once; neighbour
-    captions are extra draws, so an epoch has more batches than the plain sampler's.
+    nearest images, those with the largest share of `features` in common (see [`nearest_images`]). The rest of the
+    batch follows the stream. No image appears twice in a batch. Anchors and fillers cover the epoch's captions once;
+    neighbour captions are extra draws, so an epoch has more batches than the plain sampler's.
 
     Args:
         image_ids (`Sequence[str]`): The `image_id` of every row.
