@@ -398,8 +398,8 @@ def _resolve_key(key: str, data: dict) -> tuple:
 
 def _is_open_mapping(name: Any) -> bool:
     """Sections whose keys are free (new keys may be added by an override)."""
-    return name in ("corpus_kwargs", "preset_kwargs", "sampler_kwargs", "hard_negatives", "augment", "config_overrides", "kwargs",
-                    "losses")
+    return name in ("corpus_kwargs", "preset_kwargs", "sampler_kwargs", "hard_negatives", "augment",
+                    "config_overrides", "kwargs", "losses")
 
 
 def _set_path(data: Any, path: tuple, value: Any) -> None:

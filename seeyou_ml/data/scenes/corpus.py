@@ -103,10 +103,11 @@ def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) ->
     for index in range(num_images):
         for attempt in range(1000):
             scene = sample_scene(scene_rng(seed, split, index, attempt), spec.held_out, len(TEMPLATES))
+            mentions = {axis: tuple(scene.caption_mentions(axis)) for axis in ORDERS}
+            fits = set(mentions.items())
             order = TEMPLATES[scene.template][0]
-            fits = {(axis, tuple(scene.caption_mentions(axis))) for axis in ORDERS}
-            meaning = (order, tuple(scene.caption_mentions(order)))
-            captions = {lang.code: lang.render_caption(scene.template, list(meaning[1])) for lang in languages}
+            meaning = (order, mentions[order])
+            captions = {lang.code: lang.render_caption(scene.template, list(mentions[order])) for lang in languages}
             if (
                 meaning not in fitting
                 and stated.isdisjoint(fits)
