@@ -131,3 +131,21 @@ def test_bad_stages_are_refused():
         stage_table(OptimConfig(), [StageConfig(freeze=["image"])])
     with pytest.raises(ValueError, match="at least one step"):
         stage_table(OptimConfig(), [StageConfig(steps=0)])
+
+
+def test_optimizer_is_fused_by_default_and_steps_like_the_per_tensor_loop(tiny_tokenizer):
+    config = OptimConfig(lr=1e-2, weight_decay=0.1)
+    fused_model, loop_model = tiny_model(len(tiny_tokenizer)), tiny_model(len(tiny_tokenizer))
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, config)
+    loop = build_optimizer(loop_model, OptimConfig(lr=1e-2, weight_decay=0.1, fused=False))
+    assert fused.defaults["fused"] is True and not loop.defaults["fused"]
+    torch.manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in fused_model.parameters()]
+        for model_, optimizer in ((fused_model, fused), (loop_model, loop)):
+            for p, g in zip(model_.parameters(), grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for (name, a), b in zip(fused_model.named_parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)

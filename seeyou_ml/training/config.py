@@ -3,13 +3,16 @@
 A recipe is one YAML file with the sections of [`TrainingRecipe`]. Overrides name a field by its dotted path
 (`--optim.lr 1e-4`, `--stages.0.steps 200`, `--losses.contrastive_loss.start_step 50`) or, when the name is unique
 across sections, by its bare name (`--lr 1e-4`, `--save_every 100`). Values are parsed as YAML and coerced to the
-field's declared type, so `3e-5` is a float even though YAML 1.1 reads it as a string.
+field's declared type, so `3e-5` is a float even though YAML 1.1 reads it as a string. Only `true` and `false` are
+booleans (as in YAML 1.2): `no`, `off`, `yes` and `on` stay the strings they were written as, so
+`mixed_precision: no` means fp32, and boolean fields accept them as words.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +21,31 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .precision import MIXED_PRECISION
+
 TOWERS = ("vision", "text", "head")
 SCHEDULE_BY = ("steps", "time")
+BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True,
+                 "0": False}
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML loader whose booleans are `true`/`false` only (YAML 1.2): `no`, `off`, `yes`, `on` stay strings."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    RecipeLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))
+    )
+
+
+def load_yaml(text: str) -> Any:
+    """Parses recipe YAML (a file's text or one override value) with [`RecipeLoader`]."""
+    return yaml.load(text, Loader=RecipeLoader)
 
 
 @dataclass
@@ -147,6 +173,11 @@ class OptimConfig:
     warmup_steps: int = field(default=1000, metadata={"help": "Linear warmup steps at the start of every stage."})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Cosine floor as a fraction of the peak rate."})
     max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "Gradient clipping norm; null = none."})
+    fused: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Fused AdamW kernel (one pass over all tensors); null = fused where the parameters' "
+                          "device supports it, false = torch's per-tensor implementation."},
+    )
 
 
 @dataclass
@@ -235,7 +266,11 @@ class TrainingRecipe:
     output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs and the model go."})
     seed: int = field(default=0, metadata={"help": "Seed of model initialisation, data order and dropout."})
     mixed_precision: Optional[str] = field(
-        default=None, metadata={"help": "`no`, `bf16` (or `fp16`); null = the accelerate launch setting."}
+        default=None,
+        metadata={"help": "`auto` (bf16 where the hardware runs it natively: CUDA with bf16, CPUs with AVX512-BF16 or "
+                          "AMX; fp32 elsewhere), `no` (fp32), `bf16` or `fp16`; null = the accelerate launch / "
+                          "accelerate config setting. A value here overrides the launcher's, with a warning when they "
+                          "differ (see seeyou_ml.training.precision)."},
     )
     resume_from: Optional[str] = field(
         default=None, metadata={"help": "Checkpoint directory to resume from, or `latest` under output_dir."}
@@ -274,6 +309,9 @@ class TrainingRecipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} is unknown; use one of "
+                             f"{', '.join(MIXED_PRECISION)}, or null to follow accelerate launch.")
         if self.schedule_by not in SCHEDULE_BY:
             raise ValueError(f"schedule_by={self.schedule_by!r} is unknown; use one of {', '.join(SCHEDULE_BY)}.")
         if self.max_train_seconds is not None and not self.max_train_seconds > 0:
@@ -300,7 +338,7 @@ class TrainingRecipe:
     def from_yaml(cls, path: Union[str, Path]) -> "TrainingRecipe":
         """Reads a recipe file."""
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
         if data is not None and not isinstance(data, dict):
             raise ValueError(f"{path} holds a {type(data).__name__}; a recipe is a YAML mapping of sections.")
         return cls.from_dict(data)
@@ -323,7 +361,7 @@ class TrainingRecipe:
         data = self.to_dict()
         for key, value in _pairs(args):
             path = _resolve_key(key, data)
-            _set_path(data, path, yaml.safe_load(value) if value is not None else None)
+            _set_path(data, path, load_yaml(value) if value is not None else None)
         return TrainingRecipe.from_dict(data)
 
 
@@ -449,8 +487,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _build(hint, value or {}, where)
     try:
         if hint is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
+            if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+                return BOOLEAN_WORDS[value.lower()]
             if isinstance(value, bool):
                 return value
             raise ValueError
@@ -461,6 +499,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 raise ValueError
             return hint(float(value)) if hint is int else float(value)
         if hint is str:
+            if isinstance(value, bool):
+                raise ValueError(f"Recipe field {where}={value!r} is a boolean where a string is expected; write the "
+                                 f"word in quotes (e.g. {where}: 'no').")
             if isinstance(value, (dict, list)) or value is None:
                 raise ValueError
             return str(value)
@@ -474,7 +515,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as error:
+        if str(error).startswith("Recipe field"):
+            raise
         name = getattr(hint, "__name__", str(hint))
         raise ValueError(f"Recipe field {where}={value!r} is not a valid {name}.") from None
     return value
@@ -488,8 +531,10 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "OptimConfig",
+    "RecipeLoader",
     "SCHEDULE_BY",
     "StageConfig",
     "TOWERS",
     "TrainingRecipe",
+    "load_yaml",
 ]

@@ -43,6 +43,8 @@ def run(config: str, overrides: Sequence[str] = (), print_recipe: bool = False) 
     from .report import print_summary
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    # The run's own decisions (precision, resume, checkpoints) are shown; other libraries stay at warnings.
+    logging.getLogger("seeyou_ml.training").setLevel(logging.INFO)
     trainer = build_trainer(recipe)
     output = trainer.train()
     if trainer.accelerator.is_main_process:

@@ -91,10 +91,13 @@ def build_param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over [`build_param_groups`]."""
-    return torch.optim.AdamW(
-        build_param_groups(model, config), lr=config.lr, betas=tuple(config.betas), eps=config.eps
-    )
+    """AdamW over [`build_param_groups`]: the fused kernel (one pass over all tensors, as transformers' Trainer
+    uses by default) unless `config.fused` is false or a parameter lives where it has none."""
+    groups = build_param_groups(model, config)
+    fused = config.fused
+    if fused is None:
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused)
 
 
 def peak_lr(config: OptimConfig, stage: StageConfig | None, tower: str) -> float:

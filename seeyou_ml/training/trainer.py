@@ -44,6 +44,7 @@ from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
 from .objectives import active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
+from .precision import resolve_mixed_precision
 from .stages import StageController
 
 logger = logging.getLogger(__name__)
@@ -134,9 +135,17 @@ def preserved_rng() -> Iterator[None]:
 
 
 def make_accelerator(recipe: TrainingRecipe, **kwargs) -> Accelerator:
-    """The `Accelerator` of a recipe: global batches split over processes, its precision and tracker."""
-    if recipe.mixed_precision is not None:
-        kwargs.setdefault("mixed_precision", recipe.mixed_precision)
+    """The `Accelerator` of a recipe: global batches split over processes, its precision and tracker.
+
+    The precision is the recipe's `mixed_precision` resolved by
+    [`~seeyou_ml.training.precision.resolve_mixed_precision`] (`auto`: bf16 only where it is native); a
+    `mixed_precision` keyword argument takes precedence over it.
+    """
+    if "mixed_precision" not in kwargs:
+        device = "cpu" if kwargs.get("cpu") else None
+        choice = resolve_mixed_precision(recipe.mixed_precision, device=device)
+        logger.info(f"Mixed precision: {choice.reason}.")
+        kwargs["mixed_precision"] = choice.mixed_precision
     if recipe.monitor.report_to:
         kwargs.setdefault("log_with", recipe.monitor.report_to)
     return Accelerator(
