@@ -26,6 +26,8 @@ def tiny_config(
     text_heads: int = 2,
     max_text_length: int = 64,
     pad_token_id: int = 1,
+    vision_stem_width: int | None = None,
+    text_intermediate_size: int | None = None,
     **kwargs,
 ) -> SeeYouConfig:
     """A tiny ResNet (basic blocks) + tiny XLM-R [`SeeYouConfig`].
@@ -38,11 +40,13 @@ def tiny_config(
         text_hidden_size, text_layers, text_heads: width, depth and heads of the XLM-R encoder.
         max_text_length: longest caption in tokens (XLM-R reserves two more positions for padding offsets).
         pad_token_id: the tokenizer's padding id (1 in XLM-R's layout).
+        vision_stem_width: channels of the ResNet stem (its 7x7 convolution); None = the first stage's width.
+        text_intermediate_size: width of the XLM-R feed-forward layers; None = 4 * text_hidden_size.
         **kwargs: further [`SeeYouConfig`] fields (`text_pooling`, `projection`, ...).
     """
     vision = ResNetConfig(
         num_channels=3,
-        embedding_size=vision_widths[0],
+        embedding_size=vision_stem_width or vision_widths[0],
         hidden_sizes=list(vision_widths),
         depths=list(vision_depths),
         layer_type="basic",
@@ -55,7 +59,7 @@ def tiny_config(
         hidden_size=text_hidden_size,
         num_hidden_layers=text_layers,
         num_attention_heads=text_heads,
-        intermediate_size=4 * text_hidden_size,
+        intermediate_size=text_intermediate_size or 4 * text_hidden_size,
         max_position_embeddings=max_text_length + 2,
         type_vocab_size=1,
         layer_norm_eps=1e-5,
