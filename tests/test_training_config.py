@@ -29,7 +29,7 @@ def test_overrides_dotted_bare_and_into_lists_and_mappings():
     recipe = TrainingRecipe().with_overrides([
         "--optim.lr", "1e-4", "--batch_size=32", "--stages.0.steps", "7", "--freeze_batchnorm", "true",
         "--losses.grounding_loss.start_step", "50", "--model.config_overrides.text_pooling", "cls",
-        "--resume_from", "latest", "--corpus_kwargs.num_images", "40",
+        "--resume_from", "latest", "--corpus_kwargs.num_images", "40", "--split_kwargs.test.num_images", "5",
     ])
     assert recipe.optim.lr == 1e-4
     assert recipe.data.batch_size == 32
@@ -39,6 +39,7 @@ def test_overrides_dotted_bare_and_into_lists_and_mappings():
     assert recipe.model.config_overrides == {"text_pooling": "cls"}
     assert recipe.resume_from == "latest"
     assert recipe.data.corpus_kwargs == {"num_images": 40}
+    assert recipe.data.split_kwargs == {"test": {"num_images": 5}}
     assert recipe.with_overrides(["--resume_from", "null"]).resume_from is None
 
 

@@ -1,22 +1,22 @@
-"""Training recipes: dataclasses that round-trip to YAML and take `--key value` overrides from the command line.
+"""Training recipes: the schema, dataclasses that round-trip to YAML and take `--key value` overrides.
 
 A recipe is one YAML file with the sections of [`TrainingRecipe`]. Overrides name a field by its dotted path
 (`--optim.lr 1e-4`, `--stages.0.steps 200`, `--losses.contrastive_loss.start_step 50`) or, when the name is unique
 across sections, by its bare name (`--lr 1e-4`, `--save_every 100`). Values are parsed as YAML and coerced to the
-field's declared type, so `3e-5` is a float even though YAML 1.1 reads it as a string.
+field's declared type, so `3e-5` is a float even though YAML 1.1 reads it as a string. Reading and overriding are
+done by the schema-agnostic engine in [`seeyou_ml.training.overrides`]; this module only declares the sections.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import yaml
+
+from .overrides import apply_overrides, build_config
 
 TOWERS = ("vision", "text", "head")
 SCHEDULE_BY = ("steps", "time")
@@ -294,7 +294,7 @@ class TrainingRecipe:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingRecipe":
         """Builds a recipe from nested plain data (as read from YAML), coercing every value to its field's type."""
-        return _build(cls, data or {}, "")
+        return build_config(cls, data)
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "TrainingRecipe":
@@ -320,164 +320,7 @@ class TrainingRecipe:
 
     def with_overrides(self, args: list[str]) -> "TrainingRecipe":
         """A copy with `--key value` pairs applied (see the module docstring for how keys are resolved)."""
-        data = self.to_dict()
-        for key, value in _pairs(args):
-            path = _resolve_key(key, data)
-            _set_path(data, path, yaml.safe_load(value) if value is not None else None)
-        return TrainingRecipe.from_dict(data)
-
-
-# ---- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _pairs(args: list[str]) -> list[tuple[str, Optional[str]]]:
-    """Splits `["--a", "1", "--b=2"]` into `[("a", "1"), ("b", "2")]`."""
-    pairs, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"Unexpected argument {arg!r}: overrides are `--key value` or `--key=value` pairs.")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value = args[i + 1]
-            i += 2
-        else:
-            raise ValueError(f"Override --{key} has no value; write `--{key} VALUE`.")
-        pairs.append((key.replace("-", "_"), value))
-    return pairs
-
-
-def _node_paths(data: Any, prefix: tuple = ()) -> list[tuple]:
-    """Paths of every field and section of `data` (not descending into free-form mappings)."""
-    paths = [prefix] if prefix else []
-    if isinstance(data, dict) and (not prefix or not _is_open_mapping(prefix[-1]) or prefix[-1] == "losses"):
-        for key, value in data.items():
-            paths += _node_paths(value, prefix + (key,))
-    return paths
-
-
-def _walk(parts: tuple, data: dict) -> bool:
-    """Whether `parts` is a path from the root of `data` (anything below a free-form mapping counts)."""
-    node = data
-    for part in parts:
-        if isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False
-        if _is_open_mapping(part):
-            # Keys below a free-form section may be new, so any path into it is accepted.
-            return True
-    return True
-
-
-def _resolve_key(key: str, data: dict) -> tuple:
-    """The path of `key` in `data`: its dotted form from the root, else with its first part the unique field or
-    section of that name (`--lr`, `--corpus_kwargs.num_images`)."""
-    parts = tuple(int(p) if p.isdigit() else p for p in key.split("."))
-    if _walk(parts, data):
-        return parts
-    nodes = _node_paths(data)
-    matches = [p + parts[1:] for p in nodes if p[-1] == parts[0] and _walk(p + parts[1:], data)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        options = ", ".join("--" + ".".join(map(str, m)) for m in matches)
-        raise ValueError(f"Override --{key} is ambiguous; write one of: {options}.")
-    names = sorted({".".join(map(str, p)) for p in nodes})
-    close = difflib.get_close_matches(key, names, n=3) or difflib.get_close_matches(
-        key, [n.split(".")[-1] for n in names], n=3
-    )
-    hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
-    raise ValueError(f"Override --{key} names no recipe field.{hint}")
-
-
-def _is_open_mapping(name: Any) -> bool:
-    """Sections whose keys are free (new keys may be added by an override)."""
-    return name in ("corpus_kwargs", "preset_kwargs", "sampler_kwargs", "hard_negatives", "augment",
-                    "config_overrides", "kwargs", "losses")
-
-
-def _set_path(data: Any, path: tuple, value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        if isinstance(node, dict) and part not in node:
-            node[part] = {}
-        node = node[part]
-    node[path[-1]] = value
-
-
-def _build(cls: type, data: dict, where: str) -> Any:
-    """Instantiates dataclass `cls` from `data`, naming the offending key on unknown fields or bad values."""
-    if not isinstance(data, dict):
-        raise ValueError(f"Recipe section {where or 'root'} must be a mapping, got {data!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where_ = f" in section {where!r}" if where else ""
-        close = {u: difflib.get_close_matches(u, list(fields), n=1) for u in unknown}
-        hints = "; ".join(f"{u!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for u, c in close.items())
-        raise ValueError(f"Unknown recipe key(s){where_}: {hints}. Known keys: {', '.join(fields)}.")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        dotted = f"{where}.{name}" if where else name
-        item = fields[name].metadata.get("item")
-        if item is not None and isinstance(value, list):
-            kwargs[name] = [_build(item, v or {}, f"{dotted}.{i}") for i, v in enumerate(value)]
-        elif item is not None and isinstance(value, dict):
-            kwargs[name] = {k: _build(item, v or {}, f"{dotted}.{k}") for k, v in value.items()}
-        else:
-            kwargs[name] = _coerce(value, hints[name], dotted)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Converts `value` to the type `hint` (a dataclass, a scalar type, Optional[...], list or dict)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
-            if type(None) in args:
-                return None
-        hint = next(a for a in args if a is not type(None))
-        return _coerce(value, hint, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value or {}, where)
-    try:
-        if hint is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if hint in (int, float):
-            if isinstance(value, bool):
-                raise ValueError
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return hint(float(value)) if hint is int else float(value)
-        if hint is str:
-            if isinstance(value, (dict, list)) or value is None:
-                raise ValueError
-            return str(value)
-        if hint is list or origin is list:
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v]
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            return list(value)
-        if hint is dict or origin is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError):
-        name = getattr(hint, "__name__", str(hint))
-        raise ValueError(f"Recipe field {where}={value!r} is not a valid {name}.") from None
-    return value
+        return apply_overrides(TrainingRecipe, self.to_dict(), args)
 
 
 __all__ = [
