@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.samplers import read_columns
+from ..data.columns import read_columns
 from .cache import CorpusEmbeddings, corpus_fingerprint, load_embeddings, save_embeddings
 from .retrieval import bidirectional_topk, recall_from_topk, retrieval_recall
 

@@ -16,10 +16,27 @@ from typing import Optional, Union
 
 import yaml
 
+from ..data.augment import AugmentationConfig
 from .overrides import apply_overrides, build_config
 
 TOWERS = ("vision", "text", "head")
 SCHEDULE_BY = ("steps", "time")
+
+
+@dataclass
+class HardNegativesConfig:
+    """Batches with groups of similar images as hard negatives for one another (`NeighbourBatchSampler`)."""
+
+    columns: list = field(
+        default_factory=list,
+        metadata={"help": "Columns whose values describe an image: list columns are zipped into objects (e.g. "
+                          "[colours, shapes]), text columns give their words. Empty = random batches."},
+    )
+    hard_fraction: float = field(default=0.5, metadata={"help": "Share of each batch filled with neighbour groups."})
+    group_size: int = field(default=4, metadata={"help": "Images per group (an anchor and its neighbours)."})
+    num_neighbours: int = field(
+        default=16, metadata={"help": "Nearest images each group draws its neighbours from."}
+    )
 
 
 @dataclass
@@ -57,16 +74,15 @@ class DataConfig:
         default_factory=dict,
         metadata={"help": "Further UniqueImageBatchSampler arguments (group_by_language, max_captions_per_image)."},
     )
-    hard_negatives: dict = field(
-        default_factory=dict,
-        metadata={"help": "Batches with groups of similar images (NeighbourBatchSampler): `columns` whose values "
-                          "describe an image (list columns are zipped into objects, e.g. [colours, shapes]; text "
-                          "columns give their words), and optionally `hard_fraction`, `group_size`, "
-                          "`num_neighbours`. Empty = random batches."},
+    hard_negatives: HardNegativesConfig = field(
+        default_factory=HardNegativesConfig,
+        metadata={"help": "Batches with groups of similar images (NeighbourBatchSampler); no columns = random batches."},
     )
     max_length: Optional[int] = field(default=None, metadata={"help": "Longest caption in tokens; null = tokenizer's."})
-    augment: dict = field(
-        default_factory=dict, metadata={"help": "Keyword arguments of the collator's augmentations (see its docs)."}
+    augment: AugmentationConfig = field(
+        default_factory=AugmentationConfig,
+        metadata={"help": "The collator's augmentations (seeyou_ml.data.augment.AugmentationConfig); all off by "
+                          "default. Back-translation draws from the training split's captions of the same image."},
     )
     num_workers: int = field(
         default=0, metadata={"help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
@@ -327,6 +343,7 @@ __all__ = [
     "CheckpointConfig",
     "DataConfig",
     "EvalConfig",
+    "HardNegativesConfig",
     "LossTermConfig",
     "ModelConfig",
     "MonitorConfig",
