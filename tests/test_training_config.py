@@ -102,3 +102,52 @@ def test_split_kwargs_override_corpus_kwargs_per_split(tmp_path):
                         split_kwargs={"train": {"num_images": 5}}, languages=["en", "de"])
     assert len(load_split(config, "train")) == 5 * 2
     assert len(load_split(config, "test")) == 3 * 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size", "0"], r"data.batch_size=0 must be >= 1"),
+        (["--lr", "-1e-3"], r"optim.lr=-0.001 must be > 0"),
+        (["--sub_batch_size", "0"], r"data.sub_batch_size=0 must be >= 1"),
+        (["--num_workers", "-1"], r"data.num_workers=-1 must be >= 0"),
+        (["--optim.text_lr", "-1"], r"optim.text_lr=-1.0 must be >= 0"),
+        (["--betas", "[0.9, 1.5]"], r"optim.betas=\[0.9, 1.5\] \(entry 1\) must be < 1"),
+        (["--eps", "0"], r"optim.eps=0.0 must be > 0"),
+        (["--min_lr_ratio", "2"], r"optim.min_lr_ratio=2.0 must be <= 1"),
+        (["--max_grad_norm", "0"], r"optim.max_grad_norm=0.0 must be > 0"),
+        (["--stages.0.steps", "0"], r"stages.0.steps=0 must be >= 1"),
+        (["--stages.0.freeze", "[vision, txt]"], r"stages.0.freeze=\['vision', 'txt'\] is not allowed; use any of "
+                                                 r"vision, text, head"),
+        (["--losses.contrastive_loss.weight", "-1"], r"losses.contrastive_loss.weight=-1.0 must be >= 0"),
+        (["--log_every", "0"], r"monitor.log_every=0 must be >= 1"),
+        (["--keep_last", "0"], r"checkpoint.keep_last=0 must be >= 1"),
+        (["--embed_batch_size", "0"], r"eval.embed_batch_size=0 must be >= 1"),
+        (["--hard_fraction", "1.5"], r"data.hard_negatives.hard_fraction=1.5 must be <= 1"),
+        (["--group_size", "1"], r"data.hard_negatives.group_size=1 must be >= 2"),
+        (["--seed", "-3"], r"seed=-3 must be >= 0"),
+        (["--stages", "[]"], r"stages has 0 entries; give at least 1"),
+        (["--mixup_prob", "2"], r"section data.augment: AugmentationConfig.mixup_prob=2.0 must lie in \[0, 1\]"),
+    ],
+)
+def test_recipe_values_are_checked_when_read_naming_the_field(args, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingRecipe().with_overrides(args)
+    # The same check applies to a recipe file: nothing is loaded or built before it fires.
+    with pytest.raises(ValueError, match=message):
+        TrainingRecipe.from_dict(_nested(args))
+
+
+def _nested(args: list[str]) -> dict:
+    """The override `--a.b value` as the nested recipe data {a: {b: value}} (resolved like the command line)."""
+    import yaml
+
+    from seeyou_ml.training.overrides import resolve_key
+
+    path = resolve_key(TrainingRecipe, args[0][2:], TrainingRecipe().to_dict())
+    data = TrainingRecipe().to_dict()
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = yaml.safe_load(args[1])
+    return data

@@ -32,10 +32,11 @@ class HardNegativesConfig:
         metadata={"help": "Columns whose values describe an image: list columns are zipped into objects (e.g. "
                           "[colours, shapes]), text columns give their words. Empty = random batches."},
     )
-    hard_fraction: float = field(default=0.5, metadata={"help": "Share of each batch filled with neighbour groups."})
-    group_size: int = field(default=4, metadata={"help": "Images per group (an anchor and its neighbours)."})
+    hard_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1,
+                                                        "help": "Share of each batch filled with neighbour groups."})
+    group_size: int = field(default=4, metadata={"ge": 2, "help": "Images per group (an anchor and its neighbours)."})
     num_neighbours: int = field(
-        default=16, metadata={"help": "Nearest images each group draws its neighbours from."}
+        default=16, metadata={"ge": 1, "help": "Nearest images each group draws its neighbours from."}
     )
 
 
@@ -60,11 +61,12 @@ class DataConfig:
         default=None, metadata={"help": "Keep only captions in these languages (ISO 639-1); null keeps all."}
     )
     batch_size: int = field(
-        default=64, metadata={"help": "Global batch: pairs per optimizer step over all processes (the negatives)."}
+        default=64, metadata={"ge": 1,
+                              "help": "Global batch: pairs per optimizer step over all processes (the negatives)."}
     )
     sub_batch_size: Optional[int] = field(
         default=None,
-        metadata={"help": "Pairs per forward pass on one process; below the per-process batch it turns on "
+        metadata={"ge": 1, "help": "Pairs per forward pass on one process; below the per-process batch it turns on "
                           "GradCache accumulation (same gradients, less memory). null = the whole per-process batch."},
     )
     image_unique_batches: bool = field(
@@ -76,16 +78,18 @@ class DataConfig:
     )
     hard_negatives: HardNegativesConfig = field(
         default_factory=HardNegativesConfig,
-        metadata={"help": "Batches with groups of similar images (NeighbourBatchSampler); no columns = random batches."},
+        metadata={"help": "Batches with groups of similar images (NeighbourBatchSampler); no columns: random ones."},
     )
-    max_length: Optional[int] = field(default=None, metadata={"help": "Longest caption in tokens; null = tokenizer's."})
+    max_length: Optional[int] = field(default=None, metadata={"ge": 1,
+                                                              "help": "Longest caption in tokens; null = tokenizer's."})
     augment: AugmentationConfig = field(
         default_factory=AugmentationConfig,
         metadata={"help": "The collator's augmentations (seeyou_ml.data.augment.AugmentationConfig); all off by "
                           "default. Back-translation draws from the training split's captions of the same image."},
     )
     num_workers: int = field(
-        default=0, metadata={"help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
+        default=0, metadata={"ge": 0,
+                             "help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
                                      "runs stay exact with workers too)."}
     )
     cache_images: bool = field(
@@ -116,7 +120,8 @@ class ModelConfig:
     )
     tokenizer_vocab_size: Optional[int] = field(
         default=None,
-        metadata={"help": "`tiny` preset only: train a SentencePiece tokenizer of this size on the training captions "
+        metadata={"ge": 1,
+                  "help": "`tiny` preset only: train a SentencePiece tokenizer of this size on the training captions "
                           "(kept in <output_dir>/tokenizer and reused on resume) instead of the scenes tokenizer."},
     )
     image_processor: Optional[str] = field(
@@ -149,20 +154,25 @@ class ModelConfig:
 class OptimConfig:
     """AdamW with a learning rate per tower, linear warmup and cosine decay."""
 
-    lr: float = field(default=3e-5, metadata={"help": "Learning rate of both towers unless set per tower."})
-    vision_lr: Optional[float] = field(default=None, metadata={"help": "Vision tower learning rate; null = lr."})
-    text_lr: Optional[float] = field(default=None, metadata={"help": "Text tower learning rate; null = lr."})
+    lr: float = field(default=3e-5, metadata={"gt": 0, "help": "Learning rate of both towers unless set per tower."})
+    vision_lr: Optional[float] = field(default=None, metadata={"ge": 0,
+                                                               "help": "Vision tower learning rate; null = lr."})
+    text_lr: Optional[float] = field(default=None, metadata={"ge": 0, "help": "Text tower learning rate; null = lr."})
     head_lr: Optional[float] = field(
-        default=None, metadata={"help": "Projections, logit scale and heads; null = lr."}
+        default=None, metadata={"ge": 0, "help": "Projections, logit scale and heads; null = lr."}
     )
     weight_decay: float = field(
-        default=0.1, metadata={"help": "Decoupled weight decay; never applied to norms, biases or the logit scale."}
+        default=0.1, metadata={"ge": 0,
+                               "help": "Decoupled weight decay; never applied to norms, biases or the logit scale."}
     )
-    betas: list = field(default_factory=lambda: [0.9, 0.98], metadata={"help": "AdamW betas."})
-    eps: float = field(default=1e-6, metadata={"help": "AdamW epsilon."})
-    warmup_steps: int = field(default=1000, metadata={"help": "Linear warmup steps at the start of every stage."})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "Cosine floor as a fraction of the peak rate."})
-    max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "Gradient clipping norm; null = none."})
+    betas: list = field(default_factory=lambda: [0.9, 0.98], metadata={"ge": 0, "lt": 1, "help": "AdamW betas."})
+    eps: float = field(default=1e-6, metadata={"gt": 0, "help": "AdamW epsilon."})
+    warmup_steps: int = field(default=1000, metadata={"ge": 0,
+                                                      "help": "Linear warmup steps at the start of every stage."})
+    min_lr_ratio: float = field(default=0.0, metadata={"ge": 0, "le": 1,
+                                                       "help": "Cosine floor as a fraction of the peak rate."})
+    max_grad_norm: Optional[float] = field(default=1.0, metadata={"gt": 0,
+                                                                  "help": "Gradient clipping norm; null = none."})
 
 
 @dataclass
@@ -171,24 +181,29 @@ class StageConfig:
 
     name: str = field(default="joint", metadata={"help": "Name shown in logs."})
     steps: int = field(
-        default=1000, metadata={"help": "Optimizer steps in this stage (a share of the budget with schedule_by: time)."}
+        default=1000, metadata={"ge": 1,
+                                "help": "Optimizer steps in this stage (a share of the budget with schedule_by: time)."}
     )
     freeze: list = field(
-        default_factory=list, metadata={"help": "Towers kept fixed and in eval mode: any of `vision`, `text`."}
+        default_factory=list, metadata={"choices": TOWERS,
+                                        "help": "Towers kept fixed and in eval mode: any of `vision`, `text`."}
     )
-    vision_lr: Optional[float] = field(default=None, metadata={"help": "Vision tower learning rate in this stage."})
-    text_lr: Optional[float] = field(default=None, metadata={"help": "Text tower learning rate in this stage."})
-    head_lr: Optional[float] = field(default=None, metadata={"help": "Head learning rate in this stage."})
-    warmup_steps: Optional[int] = field(default=None, metadata={"help": "Warmup of this stage; null = optim's."})
+    vision_lr: Optional[float] = field(default=None, metadata={"ge": 0,
+                                                               "help": "Vision tower learning rate in this stage."})
+    text_lr: Optional[float] = field(default=None, metadata={"ge": 0,
+                                                             "help": "Text tower learning rate in this stage."})
+    head_lr: Optional[float] = field(default=None, metadata={"ge": 0, "help": "Head learning rate in this stage."})
+    warmup_steps: Optional[int] = field(default=None, metadata={"ge": 0,
+                                                                "help": "Warmup of this stage; null = optim's."})
 
 
 @dataclass
 class LossTermConfig:
     """One loss term; the training loss is the weighted sum of the active terms."""
 
-    weight: float = field(default=1.0, metadata={"help": "Multiplier of the term."})
+    weight: float = field(default=1.0, metadata={"ge": 0, "help": "Multiplier of the term."})
     start_step: int = field(
-        default=0, metadata={"help": "First optimizer step at which the term counts (a schedule position with "
+        default=0, metadata={"ge": 0, "help": "First optimizer step at which the term counts (a schedule position with "
                                      "schedule_by: time, like the stages' steps)."}
     )
 
@@ -197,20 +212,23 @@ class LossTermConfig:
 class MonitorConfig:
     """Logging, the collapse monitor and the non-finite loss guard."""
 
-    log_every: int = field(default=10, metadata={"help": "Steps between tracker logs."})
+    log_every: int = field(default=10, metadata={"ge": 1, "help": "Steps between tracker logs."})
     report_to: Optional[str] = field(
         default="tensorboard", metadata={"help": "Accelerate tracker (`tensorboard`, `wandb`, ...); null for none."}
     )
-    collapse_every: int = field(default=100, metadata={"help": "Steps between collapse checks; 0 turns them off."})
+    collapse_every: int = field(default=100, metadata={"ge": 0,
+                                                       "help": "Steps between collapse checks; 0 turns them off."})
     collapse_max_cosine: float = field(
-        default=0.9, metadata={"help": "Warn when the mean off-diagonal cosine of a tower's embeddings exceeds this."}
+        default=0.9, metadata={"ge": -1, "le": 1,
+                               "help": "Warn when the mean off-diagonal cosine of a tower's embeddings exceeds this."}
     )
     collapse_min_rank_fraction: float = field(
         default=0.05,
-        metadata={"help": "Warn when the effective rank falls below this fraction of min(batch, embedding dim)."},
+        metadata={"ge": 0, "le": 1,
+                  "help": "Warn when the effective rank falls below this fraction of min(batch, embedding dim)."},
     )
     max_consecutive_nonfinite: int = field(
-        default=5, metadata={"help": "Stop after this many NaN/inf losses in a row (each one skips its step)."}
+        default=5, metadata={"ge": 1, "help": "Stop after this many NaN/inf losses in a row (each one skips its step)."}
     )
     progress_bar: bool = field(default=True, metadata={"help": "Show a tqdm bar on the main process."})
 
@@ -219,16 +237,17 @@ class MonitorConfig:
 class CheckpointConfig:
     """Periodic checkpoints under `<output_dir>/checkpoints/step-<N>`."""
 
-    save_every: int = field(default=500, metadata={"help": "Steps between checkpoints; 0 turns them off."})
-    keep_last: int = field(default=3, metadata={"help": "Checkpoints kept; older ones are deleted."})
+    save_every: int = field(default=500, metadata={"ge": 0, "help": "Steps between checkpoints; 0 turns them off."})
+    keep_last: int = field(default=3, metadata={"ge": 1, "help": "Checkpoints kept; older ones are deleted."})
 
 
 @dataclass
 class EvalConfig:
     """Retrieval evaluation on `data.eval_split`."""
 
-    every: int = field(default=0, metadata={"help": "Steps between evaluations during training; 0 = only at the end."})
-    embed_batch_size: int = field(default=128, metadata={"help": "Batch size of the embedding passes."})
+    every: int = field(default=0, metadata={"ge": 0,
+                                            "help": "Steps between evaluations during training; 0 = only at the end."})
+    embed_batch_size: int = field(default=128, metadata={"ge": 1, "help": "Batch size of the embedding passes."})
     kwargs: dict = field(default_factory=dict, metadata={"help": "Further keyword arguments of evaluate_retrieval."})
 
 
@@ -249,7 +268,7 @@ class TrainingRecipe:
 
     name: str = field(default="run", metadata={"help": "Name of the run (tracker project name)."})
     output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs and the model go."})
-    seed: int = field(default=0, metadata={"help": "Seed of model initialisation, data order and dropout."})
+    seed: int = field(default=0, metadata={"ge": 0, "help": "Seed of model initialisation, data order and dropout."})
     mixed_precision: Optional[str] = field(
         default=None, metadata={"help": "`no`, `bf16` (or `fp16`); null = the accelerate launch setting."}
     )
@@ -261,7 +280,8 @@ class TrainingRecipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     stages: list = field(
         default_factory=lambda: [StageConfig()],
-        metadata={"help": "Stages run in order; their steps add up to the run's length (see schedule_by).",
+        metadata={"min_items": 1,
+                  "help": "Stages run in order; their steps add up to the run's length (see schedule_by).",
                   "item": StageConfig},
     )
     max_train_seconds: Optional[float] = field(

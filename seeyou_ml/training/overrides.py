@@ -7,6 +7,10 @@ The engine knows no config by name; everything it does follows from the dataclas
   its loss terms by name): list entries are addressed by index, mapping entries by any key (a new key adds an entry).
 - A field typed as a plain `dict` is free-form: any key below it may be set.
 - Every value is coerced to its field's declared type, so `3e-5` is a float even though YAML 1.1 reads it as a string.
+- A field's metadata may bound its values, checked when the config is read and reported with the field's dotted
+  path: `ge`, `gt`, `le`, `lt` (numbers), `choices` (allowed values) and `min_items` (lists). For a list, the bounds
+  and choices apply to every element. None (an unset optional field) is never checked.
+- An error raised by a section's own `__post_init__` is reported with the section's dotted path.
 
 Overrides name a field by its dotted path from the root (`--optim.lr 1e-4`, `--stages.0.steps 200`) or, when the name
 is unique, starting from the field or section of that name (`--lr 1e-4`, `--corpus_kwargs.num_images 40`).
@@ -55,7 +59,40 @@ def build_config(cls: type, data: Optional[dict], where: str = "") -> Any:
             kwargs[name] = {k: build_config(item, v, f"{dotted}.{k}") for k, v in value.items()}
         else:
             kwargs[name] = coerce_value(value, hints[name], dotted)
-    return cls(**kwargs)
+        check_bounds(kwargs[name], fields[name].metadata, dotted)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        if not where:
+            raise
+        raise ValueError(f"Recipe section {where}: {error}") from None
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def check_bounds(value: Any, metadata: Any, where: str) -> None:
+    """Checks `value` against the bounds in a field's `metadata` (see the module docstring).
+
+    Raises:
+        ValueError: naming the field `where`, its value and the bound it breaks.
+    """
+    if value is None:
+        return
+    values = value if isinstance(value, list) else [value]
+    if "min_items" in metadata and isinstance(value, list) and len(value) < metadata["min_items"]:
+        raise ValueError(f"Recipe field {where} has {len(value)} entries; give at least {metadata['min_items']}.")
+    choices = metadata.get("choices")
+    for element in values:
+        if choices is not None and element not in choices:
+            raise ValueError(f"Recipe field {where}={value!r} is not allowed; use "
+                             f"{'any' if isinstance(value, list) else 'one'} of {', '.join(map(str, choices))}.")
+        for key, (symbol, holds) in _BOUNDS.items():
+            if key in metadata and isinstance(element, (int, float)) and not holds(element, metadata[key]):
+                which = f" (entry {values.index(element)})" if isinstance(value, list) else ""
+                raise ValueError(f"Recipe field {where}={value!r}{which} must be {symbol} {metadata[key]}; set it "
+                                 f"to a value {symbol} {metadata[key]}.")
 
 
 def coerce_value(value: Any, hint: Any, where: str) -> Any:
@@ -238,4 +275,4 @@ def _set_path(data: Any, path: tuple, value: Any) -> None:
     node[path[-1]] = value
 
 
-__all__ = ["apply_overrides", "build_config", "coerce_value", "parse_pairs", "resolve_key"]
+__all__ = ["apply_overrides", "build_config", "check_bounds", "coerce_value", "parse_pairs", "resolve_key"]
