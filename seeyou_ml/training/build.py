@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 
 from ..modeling import SeeYouModel
 from ..processing import SeeYouProcessor
+from .checkpointing import resume_candidates
 from .config import DataConfig, ModelConfig, TrainingRecipe
 from .trainer import Trainer, make_accelerator
 
@@ -184,6 +185,9 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
 
 def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = None) -> Trainer:
     """A [`Trainer`] with everything the recipe names built (model, processor, corpora, collator, sampler)."""
+    if recipe.resume_from:
+        # A wrong or damaged checkpoint is reported before the corpus is loaded and the model built.
+        resume_candidates(recipe.resume_from, recipe.output_dir)
     accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
     with accelerator.main_process_first():
         # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.

@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint
+from .checkpointing import load_checkpoint, resume_candidates, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
@@ -394,7 +394,7 @@ class Trainer:
         # Per-process seeds: dropout and augmentation differ across processes (model init is seeded before, alike).
         set_seed(recipe.seed, device_specific=True)
         if recipe.resume_from:
-            self._resume(resolve_resume_path(recipe.resume_from, self.output_dir))
+            self._resume(resume_candidates(recipe.resume_from, self.output_dir))
         if recipe.monitor.report_to:
             accelerator.init_trackers(recipe.name, config=_flatten(recipe.to_dict()))
 
@@ -497,19 +497,49 @@ class Trainer:
         return save_checkpoint(self.accelerator, self.output_dir, self.step, self.trainer_state(),
                                self.recipe.checkpoint.keep_last)
 
-    def _resume(self, path: Path) -> None:
-        state = load_checkpoint(self.accelerator, path)
+    def _resume(self, candidates: list[Path]) -> None:
+        """Loads the first of `candidates` that loads (falling back to the next, older one, with a warning)."""
+        failures = []
+        for path in candidates:
+            try:
+                state = load_checkpoint(self.accelerator, path)
+                break
+            except RuntimeError as error:
+                if len(candidates) == 1:
+                    raise
+                failures.append(str(error))
+                logger.warning(f"{error}; trying the next older checkpoint.")
+        else:
+            raise RuntimeError("No checkpoint could be loaded: " + "; ".join(failures))
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.train_seconds, self._session_start = state.get("train_seconds", 0.0), None
         self.guard.load_state_dict(state.get("guard", {}))
         if self.accelerator.is_main_process:
-            history = self.output_dir / HISTORY_NAME
-            if history.exists():
-                # Steps after the checkpoint will be run again; drop their old records.
-                kept = [line for line in history.read_text(encoding="utf-8").splitlines()
-                        if line and json.loads(line)["step"] < self.step]
-                history.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        logger.info(f"Resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}).")
+            self._truncate_history()
+        # At warning level so that it shows with Python's default logging: a resumed run must say so.
+        logger.warning(f"Resumed from step {self.step} (checkpoint {path}; epoch {self.epoch}, batch "
+                       f"{self.batch_in_epoch}).")
+
+    def _truncate_history(self) -> None:
+        """Drops the records of steps after the checkpoint (they will be run again) and a partial last line that a
+        kill during the append left."""
+        history = self.output_dir / HISTORY_NAME
+        if not history.exists():
+            return
+        kept = []
+        lines = history.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning(f"{history}, line {number}: not a complete JSON record (the run was stopped while "
+                               "writing it); dropped.")
+                continue
+            if record["step"] < self.step:
+                kept.append(line)
+        history.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # ---- output and evaluation -----------------------------------------------------------------------------------
 
