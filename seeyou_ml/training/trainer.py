@@ -247,7 +247,7 @@ class Trainer:
         check_loss_terms(recipe.losses, self.sub_batch_size is not None)
 
         if recipe.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         optimizer = build_optimizer(model, recipe.optim)
         scheduler = build_schedule(optimizer, recipe.optim, recipe.stages)
         self.batch_sampler = batch_sampler
