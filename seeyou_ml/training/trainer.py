@@ -139,11 +139,35 @@ def make_accelerator(recipe: TrainingRecipe, **kwargs) -> Accelerator:
         kwargs.setdefault("mixed_precision", recipe.mixed_precision)
     if recipe.monitor.report_to:
         kwargs.setdefault("log_with", recipe.monitor.report_to)
-    return Accelerator(
+    accelerator = Accelerator(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         project_dir=recipe.output_dir,
         **kwargs,
     )
+    check_distributed_type(accelerator)
+    return accelerator
+
+
+def check_distributed_type(accelerator: Accelerator) -> None:
+    """Refuses the distributed setups the trainer cannot run.
+
+    The trainer replicates the model on every process and averages gradients itself (see the module docstring), so
+    it runs on one device or data-parallel over several processes on one or many nodes (accelerate's `NO` and
+    `MULTI_*` types: CPU, GPU, XPU, NPU, ...). FSDP and DeepSpeed shard parameters, optimizer and gradients, which
+    that averaging and the checkpoints do not handle; run without them rather than silently ignore them.
+
+    Raises:
+        ValueError: naming the chosen type and what is supported.
+    """
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind != "NO" and not kind.startswith("MULTI_"):
+        raise ValueError(
+            f"The accelerate configuration chooses {kind}, which this trainer does not support: it trains data-parallel "
+            "(one replica of the model per process, on one or many nodes; distributed types NO and MULTI_GPU, "
+            "MULTI_CPU, MULTI_XPU, ...). Choose 'multi-GPU' (or 'No distributed training') in `accelerate config`, "
+            "or launch with `accelerate launch --multi_gpu --num_machines N --machine_rank R --main_process_ip IP "
+            "...`; for memory, use data.sub_batch_size and model.gradient_checkpointing instead of sharding."
+        )
 
 
 def average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
@@ -223,6 +247,7 @@ class Trainer:
     ):
         self.recipe = recipe
         self.accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
+        check_distributed_type(self.accelerator)
         if self.accelerator.mixed_precision == "fp16":
             raise ValueError("mixed_precision=fp16 needs loss scaling that GradCache and the NaN guard do not "
                              "handle; use bf16 (or no).")
@@ -589,6 +614,7 @@ __all__ = [
     "TrainOutput",
     "Trainer",
     "average_gradients",
+    "check_distributed_type",
     "make_accelerator",
     "preserved_rng",
 ]
