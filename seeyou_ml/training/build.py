@@ -82,17 +82,11 @@ def _with_memory_format(model: SeeYouModel, config: ModelConfig) -> SeeYouModel:
 
 
 def load_split(config: DataConfig, split: str) -> Any:
-    """One split of the recipe's corpus in the common record schema."""
+    """One split of the recipe's corpus in the common record schema (`split_kwargs` merged over `corpus_kwargs`)."""
+    from ..data.splits import load_split as load_corpus_split
+
     kwargs = {**config.corpus_kwargs, **config.split_kwargs.get(split, {})}
-    if config.languages is not None:
-        kwargs["languages"] = list(config.languages)
-    if config.corpus == "scenes":
-        from ..data.scenes import load_scenes
-
-        return load_scenes(split, **kwargs)
-    from ..data import load_corpus
-
-    return load_corpus(config.corpus, split=split, **kwargs)
+    return load_corpus_split(config.corpus, split, languages=config.languages, **kwargs)
 
 
 def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last: bool = False,
@@ -221,18 +215,14 @@ def encoded_images(dataset: Any) -> Any:
 
 
 def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
-    """`evaluate_retrieval`, with zero-shot classification over the scenes corpus's labels and prompts."""
+    """`evaluate_retrieval`, with zero-shot classification where the corpus has labels and prompts (scenes)."""
     import functools
 
+    from ..data.splits import zero_shot_arguments
     from ..evaluation import evaluate_retrieval
 
-    if config.corpus != "scenes":
-        return evaluate_retrieval
-    from ..data.scenes import class_prompts
-
-    languages = sorted(set(dataset["lang"]))
-    return functools.partial(evaluate_retrieval, label_column="label",
-                             prompts={lang: class_prompts(lang) for lang in languages})
+    zero_shot = zero_shot_arguments(config.corpus, dataset)
+    return functools.partial(evaluate_retrieval, **zero_shot) if zero_shot else evaluate_retrieval
 
 
 __all__ = [
