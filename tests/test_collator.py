@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessorPil, ConvNextImageProcessorPil
 
 from seeyou_ml.data.augment_image import PHOTOMETRIC_OPS, MixUp, RandAugment
-from seeyou_ml.data.collator import SeeYouCollator, load_image
+from seeyou_ml.data.collator import SeeYouCollator
+from seeyou_ml.data.images import load_image
 from seeyou_ml.data.samplers import UniqueImageBatchSampler
 from seeyou_ml.presets import tiny_processor
 from seeyou_ml.processing import SeeYouProcessor
