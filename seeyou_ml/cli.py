@@ -95,15 +95,11 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_data(args: argparse.Namespace):
     """The evaluation corpus and, for the scenes corpus, its zero-shot labels and prompts."""
-    if args.data == "scenes":
-        from .data.scenes import class_prompts, load_scenes
+    from .data.splits import SCENES, load_split, zero_shot_arguments
 
-        dataset = load_scenes(args.split, num_images=args.num_images, languages=args.languages)
-        languages = args.languages or sorted(set(dataset["lang"]))
-        return dataset, {"label_column": "label", "prompts": {lang: class_prompts(lang) for lang in languages}}
-    from .data import load_corpus
-
-    return load_corpus(args.data, split=args.split, languages=args.languages), {}
+    kwargs = {"num_images": args.num_images} if args.data == SCENES else {}
+    dataset = load_split(args.data, args.split, languages=args.languages, **kwargs)
+    return dataset, zero_shot_arguments(args.data, dataset)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

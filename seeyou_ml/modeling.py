@@ -90,6 +90,21 @@ class SeeYouPreTrainedModel(PreTrainedModel):
         if isinstance(module, SeeYouModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
+    if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):
+        # transformers before 5.24 names these `gradient_checkpointing_*`; the current names work on both.
+        def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+            """Recomputes activations in the backward pass: both towers, the ResNet block by block."""
+            self.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+
+        def activation_checkpointing_disable(self) -> None:
+            """Keeps activations for the backward pass again."""
+            self.gradient_checkpointing_disable()
+
+        @property
+        def is_activation_checkpointing(self) -> bool:
+            """Whether activation checkpointing is on."""
+            return self.is_gradient_checkpointing
+
 
 class SeeYouModel(SeeYouPreTrainedModel):
     """A CLIP-style dual encoder over any Hugging Face vision backbone and text encoder.

@@ -55,6 +55,10 @@ class SeeYouProcessor(ProcessorMixin):
 
         Returns:
             `BatchFeature` with `input_ids` and `attention_mask` (B, T) for text and `pixel_values` (B, 3, H, W).
+
+        Raises:
+            ValueError: with `truncation=False`, when a caption has more tokens than `max_length` or the tokenizer's
+                `model_max_length` (the text tower's positions), naming the caption and the limit.
         """
         if text is None and images is None:
             raise ValueError("SeeYouProcessor needs `text`, `images` or both.")
@@ -68,11 +72,26 @@ class SeeYouProcessor(ProcessorMixin):
                 return_tensors=return_tensors,
                 return_token_type_ids=False,
             )
+            if not truncation:
+                self._check_lengths([text] if isinstance(text, str) else list(text), encoded["attention_mask"],
+                                    max_length)
             data["input_ids"] = encoded["input_ids"]
             data["attention_mask"] = encoded["attention_mask"]
         if images is not None:
             data["pixel_values"] = self.image_processor(images, return_tensors=return_tensors, **kwargs)["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _check_lengths(self, captions: list[str], attention_mask, max_length: int | None) -> None:
+        limit = max_length if max_length is not None else self.tokenizer.model_max_length
+        # Tokenizers without a known limit report a huge sentinel.
+        if limit is None or limit >= 1_000_000:
+            return
+        for index, mask in enumerate(attention_mask):
+            length = int(sum(mask))
+            if length > limit:
+                shown = captions[index] if len(captions[index]) <= 60 else captions[index][:57] + "..."
+                raise ValueError(f"caption {index} ({shown!r}) has {length} tokens, more than the {limit} the text "
+                                 "tower has positions for; pass truncation=True to cut it there, or shorten it.")
 
 
 __all__ = ["SeeYouProcessor"]

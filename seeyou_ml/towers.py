@@ -161,14 +161,38 @@ def _resnet_forward(
     return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=hidden, pooler_output=pooled)
 
 
+def text_position_limit(text_model: nn.Module) -> int | None:
+    """The longest token sequence the text tower has position embeddings for, or None when it has no such table.
+
+    RoBERTa-style towers (XLM-R) number positions from `padding_idx + 1`, so they hold that many fewer tokens.
+    """
+    embeddings = getattr(text_model, "embeddings", None)
+    positions = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(positions, nn.Embedding):
+        return None
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return positions.num_embeddings - (padding_idx + 1 if padding_idx is not None else 0)
+
+
 def encode_text(
     text_model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     pooling: str,
 ) -> tuple[torch.Tensor, object]:
-    """Runs the text tower; returns the pooled (B, H) caption vector and the tower's output."""
+    """Runs the text tower; returns the pooled (B, H) caption vector and the tower's output.
+
+    Raises:
+        ValueError: when a caption has more tokens than the tower has positions, naming its row and the limit.
+    """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    limit = text_position_limit(text_model)
+    if limit is not None and input_ids.shape[1] > limit:
+        lengths = attention_mask.sum(dim=1)  # (B,)
+        row = int(lengths.argmax())
+        raise ValueError(f"caption {row} of the batch has {int(lengths[row])} tokens (input_ids is {input_ids.shape[1]} "
+                         f"long), but the text tower has positions for {limit}; tokenise with truncation=True and "
+                         f"max_length <= {limit}, or shorten the caption.")
     outputs = text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
     return TEXT_POOLERS[pooling](outputs, attention_mask), outputs

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from seeyou_ml.data.augment_image import (
     GEOMETRIC_OPS,
@@ -29,12 +29,36 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int64)
 
 
-def test_op_list_is_the_papers():
-    assert set(RANDAUGMENT_OPS) == {
-        "identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize", "contrast",
-        "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y",
-    }
-    assert set(GEOMETRIC_OPS) | set(PHOTOMETRIC_OPS) == set(RANDAUGMENT_OPS)
+BACKGROUND, SQUARE = (40, 90, 160), (220, 60, 30)
+
+
+def square_image() -> Image.Image:
+    """A 12x12 square off the centre of a 48x40 image, so that every geometric operation moves it."""
+    image = Image.new("RGB", (48, 40), BACKGROUND)
+    ImageDraw.Draw(image).rectangle([6, 4, 17, 15], fill=SQUARE)
+    return image
+
+
+def nearer_first(image: Image.Image, first, second) -> np.ndarray:
+    """(H, W) mask of the pixels whose colour is nearer `first` than `second`."""
+    values = pixels(image)
+    return np.abs(values - np.array(first)).sum(-1) < np.abs(values - np.array(second)).sum(-1)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("op", RANDAUGMENT_OPS)
+def test_photometric_ops_keep_objects_in_place_and_geometric_ops_move_them(op, sign):
+    # PHOTOMETRIC_OPS is what the collator allows with boxes: an op misfiled there would silently corrupt them.
+    image = square_image()
+    square = nearer_first(image, SQUARE, BACKGROUND)
+    out = RandAugment(magnitude=10, fill=BACKGROUND).apply_op(image, op, sign)
+    assert (op in PHOTOMETRIC_OPS) != (op in GEOMETRIC_OPS)
+    if op in PHOTOMETRIC_OPS:
+        # Colours may change: compare with the output colours at the square's centre and at a far corner.
+        values = pixels(out)
+        np.testing.assert_array_equal(nearer_first(out, values[10, 12], values[39, 47]), square)
+    else:
+        assert not np.array_equal(nearer_first(out, SQUARE, BACKGROUND), square)
 
 
 @pytest.mark.parametrize("op", [op for op in RANDAUGMENT_OPS if op not in MAGNITUDE_FREE_OPS])

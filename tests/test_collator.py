@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessorPil, ConvNextImageProcessorPil
 
 from seeyou_ml.data.augment_image import PHOTOMETRIC_OPS, MixUp, RandAugment
-from seeyou_ml.data.collator import SeeYouCollator, load_image
+from seeyou_ml.data.collator import SeeYouCollator
 from seeyou_ml.data.samplers import UniqueImageBatchSampler
 from seeyou_ml.presets import tiny_processor
 from seeyou_ml.processing import SeeYouProcessor
@@ -72,7 +72,6 @@ def test_images_from_paths_bytes_and_other_modes_match(processor, tmp_path):
     batch = SeeYouCollator(processor)([{**base, "image": source} for source in sources])
     for row in range(1, 4):
         torch.testing.assert_close(batch["pixel_values"][row], batch["pixel_values"][0])
-    assert load_image(image.convert("L")).mode == "RGB"
 
 
 def test_unreadable_images_and_incomplete_records_are_named(processor, tmp_path):
@@ -156,7 +155,14 @@ def test_return_boxes_refuses_augmentations_that_move_pixels(processor):
         SeeYouCollator(processor, image_augment=RandAugment(), return_boxes=True)
     with pytest.raises(ValueError, match="mixup"):
         SeeYouCollator(processor, mixup=MixUp(), return_boxes=True)
-    SeeYouCollator(processor, image_augment=RandAugment(ops=PHOTOMETRIC_OPS), return_boxes=True)
+    # Photometric operations keep every pixel where it is, so the boxes are those of the plain batch.
+    rows = records(2, boxes=[[4, 2, 20, 12]])
+    photometric = SeeYouCollator(processor, image_augment=RandAugment(num_ops=2, magnitude=9, ops=PHOTOMETRIC_OPS),
+                                 return_boxes=True)(rows)
+    plain = SeeYouCollator(processor, return_boxes=True)(rows)
+    for got, want in zip(photometric["boxes"], plain["boxes"]):
+        torch.testing.assert_close(got, want)
+    assert not torch.equal(photometric["pixel_values"], plain["pixel_values"])
 
 
 def test_image_augment_runs_before_processing(processor):

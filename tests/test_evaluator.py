@@ -129,29 +129,46 @@ def test_text_to_text_matrix_on_hand_built_embeddings():
     assert matrices["R@1"]["de"]["en"] == pytest.approx(100 * 2 / 3)  # d1 ranks e0 first (tie, lower index)
 
 
-def test_zero_shot_is_perfect_when_images_sit_on_their_class_embeddings(tiny_model, processor):
-    prompts = {"en": {"circle": ["a circle", "a red circle"], "star": ["a star", "a green star"]},
-               "de": {"circle": ["ein Kreis"], "star": ["ein roter Kreis"]}}
+def _class_embeds(model, processor, prompts: dict[str, list[str]], names) -> torch.Tensor:
+    """(C, D) class embeddings computed by hand: each class's prompt embeddings summed and normalised."""
     from seeyou_ml.evaluation import embed_texts
 
-    class_embeds = []
-    for name in ("circle", "star"):
-        mean = embed_texts(tiny_model, processor, prompts["en"][name], progress=False).sum(0)
-        class_embeds.append(torch.nn.functional.normalize(mean, dim=0))
-    images = torch.stack([class_embeds[0], class_embeds[1], class_embeds[1]])
+    sums = [embed_texts(model, processor, prompts[name], progress=False).sum(0) for name in names]
+    return torch.nn.functional.normalize(torch.stack(sums), dim=1)
+
+
+def test_zero_shot_scores_each_language_by_its_own_class_embeddings(tiny_model, processor):
+    prompts = {"en": {"circle": ["a circle", "a red circle"], "star": ["a star", "a green star"]},
+               "de": {"circle": ["ein Kreis"], "star": ["ein roter Kreis"]}}
+    english = _class_embeds(tiny_model, processor, prompts["en"], ("circle", "star"))
+    german = _class_embeds(tiny_model, processor, prompts["de"], ("circle", "star"))
+    # Images on the English class embeddings; a third image on German "star".
+    images = torch.stack([english[0], english[1], german[1]])
     results = zero_shot_accuracy(tiny_model, processor, images, ["circle", "star", "star"], prompts, progress=False)
-    assert results["en"] == {"accuracy": 100.0, "classes": 2}
-    assert 0.0 <= results["de"]["accuracy"] <= 100.0
+    expected_de = (images @ german.T).argmax(1).eq(torch.tensor([0, 1, 1])).double().mean().item() * 100
+    assert results["en"]["classes"] == results["de"]["classes"] == 2
+    assert results["de"]["accuracy"] == pytest.approx(expected_de)
+    assert results["de"]["accuracy"] > 33.3  # the third image sits on its German class
+    # Images swapped onto the other class's German embedding: every German prediction is wrong.
+    swapped = zero_shot_accuracy(tiny_model, processor, torch.stack([german[1], german[0]]), ["circle", "star"],
+                                 {"de": prompts["de"]}, progress=False)
+    assert swapped == {"de": {"accuracy": 0.0, "classes": 2}}
     with pytest.raises(ValueError, match=r"prompts\['en'\] has no prompts for the classes \['square'\]"):
         zero_shot_accuracy(tiny_model, processor, images, ["circle", "square", "star"], prompts, progress=False)
 
 
 def test_evaluate_retrieval_reports_zero_shot_for_a_labelled_corpus(tiny_model, processor):
-    prompts = {lang: {name: [f"a {name}"] for name in ("circle", "square", "star", "triangle")} for lang in ("en", "de")}
-    results = evaluate_retrieval(tiny_model, processor, tiny_corpus(with_label=True), label_column="label",
-                                 prompts=prompts, progress=False)
-    assert set(results["zero_shot"]) == {"de", "en", "mean"}
-    assert results["zero_shot"]["en"]["classes"] == 4
+    names = ("circle", "square", "star", "triangle")
+    prompts = {"en": {name: [f"a {name}"] for name in names}, "de": {name: [f"ein {name}"] for name in names}}
+    corpus = tiny_corpus(with_label=True)
+    results = evaluate_retrieval(tiny_model, processor, corpus, label_column="label", prompts=prompts, progress=False)
+    image_embeds = embed_corpus(tiny_model, processor, corpus, progress=False).image_embeds  # photo-0 .. photo-3
+    expected = {}
+    for lang in ("de", "en"):
+        predicted = (image_embeds @ _class_embeds(tiny_model, processor, prompts[lang], names).T).argmax(1)
+        expected[lang] = 100.0 * predicted.eq(torch.arange(4)).double().mean().item()
+        assert results["zero_shot"][lang] == {"accuracy": pytest.approx(expected[lang]), "classes": 4}
+    assert results["zero_shot"]["mean"] == {"accuracy": pytest.approx((expected["de"] + expected["en"]) / 2)}
     with pytest.raises(ValueError, match="needs both label_column and prompts"):
         evaluate_retrieval(tiny_model, processor, tiny_corpus(with_label=True), label_column="label")
     with pytest.raises(ValueError, match=r"languages \['fr'\] have no captions in this corpus; it has \['de', 'en'\]"):

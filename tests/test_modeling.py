@@ -153,9 +153,9 @@ def test_gradient_checkpointing_gives_equal_gradients(vision):
 
     plain = gradients()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the alias is deprecated in favour of activation_*
-        model.gradient_checkpointing_enable()
-    assert model.gradient_checkpointing and model.is_gradient_checkpointing
+        warnings.simplefilter("error", FutureWarning)  # the current name, not the deprecated gradient_* alias
+        model.activation_checkpointing_enable()
+        assert model.gradient_checkpointing and model.is_activation_checkpointing
     checkpointed = gradients()
     assert plain.keys() == checkpointed.keys() and len(plain) == len(list(model.parameters()))
     for name in plain:
@@ -165,7 +165,7 @@ def test_gradient_checkpointing_gives_equal_gradients(vision):
 def test_resnet_blocks_of_every_stage_but_the_last_run_under_the_checkpoint_function(tiny_model):
     calls = []
     tiny_model.train()
-    tiny_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    tiny_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     inner = tiny_model._gradient_checkpointing_func
     tiny_model._gradient_checkpointing_func = lambda fn, *args: calls.append(fn) or inner(fn, *args)
     tiny_model.get_image_features(torch.rand(2, 3, 32, 32))

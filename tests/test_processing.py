@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 from PIL import Image
@@ -43,3 +44,21 @@ def test_save_load_round_trip_through_auto_processor(tiny_tokenizer, tiny_model,
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
     assert not any(p.suffix in {".bin", ".pt", ".pkl", ".pickle"} for p in tmp_path.iterdir())
+
+
+# The tokenizer says that max_length does not cut without truncation; the processor checks it instead.
+@pytest.mark.filterwarnings("ignore:`max_length` is ignored")
+def test_untruncated_caption_longer_than_the_text_tower_names_the_caption_and_the_limit(tiny_tokenizer, tiny_model):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    captions = ["a red circle", "a blue star " * 20]
+    limit = tiny_tokenizer.model_max_length
+    with pytest.raises(ValueError, match=rf"caption 1 \('a blue star a blue star .*\.\.\.'\) has \d+ tokens, more "
+                                         rf"than the {limit} the text tower has positions for; pass truncation=True"):
+        processor(text=captions, truncation=False)
+    with pytest.raises(ValueError, match=r"caption 0 \('a red circle'\) has 5 tokens, more than the 3"):
+        processor(text=captions[:1], truncation=False, max_length=3)
+    # The model names the limit of its own position table for input built without the processor.
+    ids = tiny_tokenizer(captions, padding=True, truncation=False, return_tensors="pt")
+    with pytest.raises(ValueError, match=r"caption 1 of the batch has \d+ tokens .* positions for 32; tokenise with "
+                                         r"truncation=True"):
+        tiny_model.get_text_features(**ids)

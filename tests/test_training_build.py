@@ -8,7 +8,7 @@ import torch
 from accelerate.utils import set_seed
 
 from seeyou_ml.training.build import build_collator, build_model_and_processor, encoded_images
-from seeyou_ml.training.config import DataConfig, ModelConfig
+from seeyou_ml.training.config import DataConfig, HardNegativesConfig, ModelConfig
 
 from training_fixtures import make_records
 
@@ -48,7 +48,7 @@ def test_channels_last_and_eager_attention_change_layout_and_kernel_not_results(
 
 
 def test_hard_negatives_build_neighbour_batches_from_the_named_columns():
-    from seeyou_ml.data.samplers import NeighbourBatchSampler
+    from seeyou_ml.data.samplers import NeighbourBatchSampler, UniqueImageBatchSampler
     from seeyou_ml.training.build import build_batch_sampler, row_features
 
     assert row_features([[["red", "blue"]], [["cross", "star"]], ["A Red cross"]]) == [
@@ -57,8 +57,8 @@ def test_hard_negatives_build_neighbour_batches_from_the_named_columns():
     colours = [["red", "blue"], ["red", "green"], ["black", "blue"], ["red", "blue"]] * 4
     rows = {"image_id": [f"img{i}" for i in range(16)], "lang": ["en"] * 16, "caption": ["x"] * 16,
             "colours": colours, "shapes": [["cross", "star"]] * 16}
-    config = DataConfig(batch_size=8, hard_negatives={"columns": ["colours", "shapes"], "group_size": 2,
-                                                      "num_neighbours": 3})
+    config = DataConfig(batch_size=8, hard_negatives=HardNegativesConfig(columns=["colours", "shapes"], group_size=2,
+                                                                         num_neighbours=3))
     dataset = datasets.Dataset.from_dict(rows)
     sampler = build_batch_sampler(config, dataset, seed=0)
     assert isinstance(sampler, NeighbourBatchSampler) and sampler.group_size == 2 and sampler.hard_fraction == 0.5
@@ -68,13 +68,13 @@ def test_hard_negatives_build_neighbour_batches_from_the_named_columns():
     assert {names[n] for n in sampler.neighbours[names.index("img0")]} <= {"img3", "img4", "img7", "img8", "img11",
                                                                             "img12", "img15"}
 
-    with pytest.raises(ValueError, match="data.hard_negatives needs `columns`"):
-        build_batch_sampler(DataConfig(batch_size=8, hard_negatives={"group_size": 2}), dataset, seed=0)
+    assert isinstance(build_batch_sampler(DataConfig(batch_size=8), dataset, seed=0), UniqueImageBatchSampler)
+    assert not isinstance(build_batch_sampler(DataConfig(batch_size=8), dataset, seed=0), NeighbourBatchSampler)
     with pytest.raises(KeyError, match=r"columns \['objects'\] are missing"):
-        build_batch_sampler(DataConfig(batch_size=8, hard_negatives={"columns": ["objects"]}), dataset, seed=0)
+        build_batch_sampler(DataConfig(batch_size=8, hard_negatives=HardNegativesConfig(columns=["objects"])), dataset, seed=0)
     records = [dict(zip(rows, values)) for values in zip(*rows.values())]
     with pytest.raises(KeyError, match=r"columns \['objects'\] are missing from some records"):
-        build_batch_sampler(DataConfig(batch_size=8, hard_negatives={"columns": ["objects"]}), records, seed=0)
+        build_batch_sampler(DataConfig(batch_size=8, hard_negatives=HardNegativesConfig(columns=["objects"])), records, seed=0)
     assert isinstance(build_batch_sampler(config, records, seed=0), NeighbourBatchSampler)
 
 
@@ -90,3 +90,24 @@ def test_encoded_images_hand_out_files_the_caching_collator_decodes_once(tiny_to
     plain = build_collator(DataConfig(batch_size=4), processor)([dataset[i] for i in range(4)])
     batch = collator([encoded[i] for i in range(4)])
     torch.testing.assert_close(batch["pixel_values"], plain["pixel_values"])
+
+
+def test_back_translation_is_switched_on_from_the_recipe(tiny_tokenizer):
+    from seeyou_ml.data.augment import AugmentationConfig, BackTranslation
+    from seeyou_ml.training.config import TrainingRecipe
+
+    recipe = TrainingRecipe().with_overrides(["--back_translation_prob", "1", "--batch_size", "4"])
+    assert recipe.data.augment == AugmentationConfig(back_translation_prob=1.0)
+    records = make_records(4, languages=("en", "de"))
+    for record in records:
+        if record["lang"] == "de":
+            record["caption"] = "ein " + record["caption"]
+    _, processor = build_model_and_processor(ModelConfig(preset_kwargs=PRESET), tiny_tokenizer)
+    collator = build_collator(recipe.data, processor, train=records)
+    assert isinstance(collator.text_augment, BackTranslation)
+    english = [r for r in records if r["lang"] == "en"]
+    # With p=1 every English caption is replaced by its image's German one (and the language with it).
+    assert [collator.text_augment(r["caption"], "en", image_id=r["image_id"]) for r in english] == [
+        ("ein " + r["caption"], "de") for r in english]
+    with pytest.raises(ValueError, match=r"back_translation_prob > 0 draws captions from the training split"):
+        build_collator(recipe.data, processor)

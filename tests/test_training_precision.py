@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from seeyou_ml.training import precision
-from seeyou_ml.training.config import TrainingRecipe, load_yaml
+from seeyou_ml.training.config import TrainingRecipe
+from seeyou_ml.training.overrides import load_yaml
 from seeyou_ml.training.precision import PrecisionWarning, resolve_mixed_precision
 from seeyou_ml.training.trainer import make_accelerator
 

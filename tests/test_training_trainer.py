@@ -229,3 +229,19 @@ def test_output_directory_holds_model_processor_recipe_results_and_logs(tmp_path
     assert processor.tokenizer("a red circle")["input_ids"] == tiny_tokenizer("a red circle")["input_ids"]
     events = [p for p in tmp_path.rglob("events.out.tfevents.*")]
     assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"])
+def test_sharding_distributed_types_are_refused_at_start_naming_what_is_supported(kind, tmp_path, tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from seeyou_ml.training.trainer import check_distributed_type
+
+    chosen = SimpleNamespace(distributed_type=DistributedType[kind])
+    message = rf"chooses {kind}, which this trainer does not support: it trains data-parallel .*MULTI_GPU"
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tiny_recipe(tmp_path), tiny_tokenizer, make_records(8), accelerator=chosen)
+    for supported in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        check_distributed_type(SimpleNamespace(distributed_type=DistributedType[supported]))

@@ -54,10 +54,11 @@ class AugmentationConfig:
     """
 
     randaugment_num_ops: int = field(
-        default=0, metadata={"help": "RandAugment's N: operations per image; 0 turns RandAugment off."}
+        default=0, metadata={"ge": 0, "help": "RandAugment's N: operations per image; 0 turns RandAugment off."}
     )
     randaugment_magnitude: float = field(
-        default=9.0, metadata={"help": "RandAugment's M, the strength of every operation, in [0, 10]."}
+        default=9.0,
+        metadata={"ge": 0, "le": 10, "help": "RandAugment's M, the strength of every operation, in [0, 10]."},
     )
     randaugment_ops: list[str] | None = field(
         default=None,

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .samplers import read_columns
+from .columns import read_columns
 
 __all__ = [
     "LANGUAGES_WITHOUT_SPACES",

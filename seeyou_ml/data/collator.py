@@ -7,8 +7,6 @@ normalise) and, when asked, maps boxes into the processed image's pixel frame an
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,42 +14,12 @@ import torch
 from PIL import Image
 
 from .augment_image import MixUp
+from .images import load_image
 from .augment_text import TextAugment
 
-__all__ = ["SeeYouCollator", "load_image", "processed_frame"]
+__all__ = ["SeeYouCollator", "processed_frame"]
 
 _REQUIRED_KEYS = ("image", "caption", "lang", "image_id")
-
-
-def load_image(image: Any, image_id: str | None = None) -> Image.Image:
-    """Opens a record's `image` as an RGB PIL image.
-
-    Args:
-        image (`PIL.Image.Image`, `str`, `os.PathLike` or `dict`):
-            A decoded image, a file path, or an undecoded `datasets.Image` value (`{"bytes": ..., "path": ...}`).
-        image_id (`str`, *optional*): Named in the error when the image cannot be read.
-
-    Returns:
-        `PIL.Image.Image`: The image in RGB mode.
-    """
-    try:
-        if isinstance(image, Image.Image):
-            pil = image
-        elif isinstance(image, (str, os.PathLike)):
-            with Image.open(image) as opened:
-                pil = opened.convert("RGB")
-        elif isinstance(image, Mapping) and (image.get("bytes") or image.get("path")):
-            source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
-            with Image.open(source) as opened:
-                pil = opened.convert("RGB")
-        else:
-            raise TypeError(f"unsupported image value of type {type(image).__name__}")
-    except (OSError, TypeError) as error:
-        raise ValueError(
-            f"cannot read the image of image_id {image_id!r} ({image!r:.120}): {error}. Records need a PIL image, an "
-            "existing image path, or a datasets Image value; load_corpus(..., strict=False) skips unreadable ones."
-        ) from error
-    return pil if pil.mode == "RGB" else pil.convert("RGB")
 
 
 def _size_field(size: Any, name: str) -> int | None:

@@ -21,38 +21,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["NeighbourBatchSampler", "UniqueImageBatchSampler", "nearest_images", "read_columns"]
+from .columns import read_columns
 
-
-def read_columns(dataset: Any, columns: Sequence[str]) -> dict[str, list]:
-    """Reads whole metadata columns of a corpus without decoding its images.
-
-    Args:
-        dataset (`datasets.Dataset`, mapping of column lists, or `pandas.DataFrame`): A map-style corpus.
-        columns (`Sequence[str]`): Column names to read.
-
-    Returns:
-        `dict[str, list]`: One Python list per column, in dataset order (indices mappings such as `shuffle` or
-        `select` are honoured).
-    """
-    import datasets
-
-    if isinstance(dataset, datasets.IterableDataset):
-        raise TypeError(
-            "a streaming IterableDataset has no random access; load the corpus with streaming=False to build "
-            "batches by image and language."
-        )
-    available = list(dataset.column_names) if hasattr(dataset, "column_names") else list(dataset.keys())
-    missing = [c for c in columns if c not in available]
-    if missing:
-        raise KeyError(
-            f"columns {missing} are missing from the dataset (it has {available}); map them into the common schema "
-            "first, e.g. load_corpus(..., column_mapping=...) or dataset.rename_column(...)."
-        )
-    if isinstance(dataset, datasets.Dataset):
-        # select_columns + python format skips the image column and any decoding transform.
-        return dataset.select_columns(list(columns)).with_format(None)[:]
-    return {c: list(dataset[c]) for c in columns}
+__all__ = ["NeighbourBatchSampler", "UniqueImageBatchSampler", "nearest_images"]
 
 
 def _factorize(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,10 @@ from itertools import combinations
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.samplers import read_columns
+from ..data.columns import read_columns
+from ..data.images import load_image
 from .cache import CorpusEmbeddings, corpus_fingerprint, load_embeddings, save_embeddings
 from .retrieval import bidirectional_topk, recall_from_topk, retrieval_recall
 
@@ -29,15 +29,6 @@ from .retrieval import bidirectional_topk, recall_from_topk, retrieval_recall
 def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     parameter = next(model.parameters())
     return parameter.device, parameter.dtype
-
-
-def _as_rgb(image: Any) -> Image.Image:
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    if isinstance(image, dict) and image.get("path"):  # an undecoded `datasets.Image` value
-        return _as_rgb(image["path"])
-    return image.convert("RGB")
 
 
 @torch.inference_mode()
@@ -57,7 +48,7 @@ def embed_images(model, processor, images: Sequence[Any], batch_size: int = 64, 
     device, dtype = _model_placement(model)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="embedding images", disable=not progress):
-        batch = [_as_rgb(image) for image in images[start : start + batch_size]]
+        batch = [load_image(image) for image in images[start : start + batch_size]]
         pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device, dtype)
         out.append(model.get_image_features(pixel_values=pixel_values).pooler_output.float().cpu())
     dim = model.config.projection_dim if not out else out[0].shape[1]

@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 
 from ..modeling import SeeYouModel
 from ..processing import SeeYouProcessor
+from .checkpointing import resume_candidates
 from .config import DataConfig, ModelConfig, TrainingRecipe
 from .trainer import Trainer, make_accelerator
 
@@ -81,54 +82,44 @@ def _with_memory_format(model: SeeYouModel, config: ModelConfig) -> SeeYouModel:
 
 
 def load_split(config: DataConfig, split: str) -> Any:
-    """One split of the recipe's corpus in the common record schema."""
+    """One split of the recipe's corpus in the common record schema (`split_kwargs` merged over `corpus_kwargs`)."""
+    from ..data.splits import load_split as load_corpus_split
+
     kwargs = {**config.corpus_kwargs, **config.split_kwargs.get(split, {})}
-    if config.languages is not None:
-        kwargs["languages"] = list(config.languages)
-    if config.corpus == "scenes":
-        from ..data.scenes import load_scenes
-
-        return load_scenes(split, **kwargs)
-    from ..data import load_corpus
-
-    return load_corpus(config.corpus, split=split, **kwargs)
+    return load_corpus_split(config.corpus, split, languages=config.languages, **kwargs)
 
 
-def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last: bool = False) -> Any:
-    """`SeeYouCollator` with the augmentations of `data.augment` (an `AugmentationConfig` as a mapping).
+def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last: bool = False,
+                   train: Any = None) -> Any:
+    """`SeeYouCollator` with the augmentations of `data.augment`.
 
-    `channels_last` (the model section's) makes the collator hand out channels-last images.
+    `channels_last` (the model section's) makes the collator hand out channels-last images. `train`, the training
+    split, is where back-translation draws the other captions of an image from; it is needed when
+    `data.augment.back_translation_prob > 0`.
     """
+    from ..data.augment import build_augmentations, build_caption_index
     from ..data.collator import SeeYouCollator
 
-    augmentations = {}
-    if config.augment:
-        from ..data.augment import AugmentationConfig, build_augmentations
-
-        augmentations = vars(build_augmentations(AugmentationConfig.from_dict(config.augment)))
+    caption_index = None
+    if config.augment.back_translation_prob > 0:
+        if train is None:
+            raise ValueError("data.augment.back_translation_prob > 0 draws captions from the training split; pass "
+                             "build_collator(..., train=<training split>).")
+        caption_index = build_caption_index(train)
+    augmentations = build_augmentations(config.augment, caption_index=caption_index)
     return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last,
-                          cache_images=config.cache_images, **augmentations)
+                          cache_images=config.cache_images, **vars(augmentations))
 
 
 def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
     """Full global batches, reshuffled every epoch; without two captions of one image when asked, and with groups of
     similar images when `data.hard_negatives` names the columns that describe them."""
-    from ..data.samplers import NeighbourBatchSampler, UniqueImageBatchSampler, read_columns
+    from ..data.columns import read_columns
+    from ..data.samplers import NeighbourBatchSampler, UniqueImageBatchSampler
 
-    hard = dict(config.hard_negatives)
-    feature_columns = list(hard.pop("columns", []))
-    if hard and not feature_columns:
-        raise ValueError("data.hard_negatives needs `columns`, the columns describing an image, e.g. "
-                         "{columns: [colours, shapes]} for the scenes corpus or {columns: [caption]}.")
-    if hasattr(dataset, "column_names"):
-        columns = read_columns(dataset, ["image_id", "lang", *feature_columns])
-    else:
-        missing = sorted({name for row in dataset for name in feature_columns if name not in row})
-        if missing:
-            raise KeyError(f"columns {missing} are missing from some records; data.hard_negatives.columns must name "
-                           "fields every record has.")
-        columns = {"image_id": [row["image_id"] for row in dataset], "lang": [row.get("lang", "") for row in dataset],
-                   **{name: [row[name] for row in dataset] for name in feature_columns}}
+    hard = config.hard_negatives
+    feature_columns = list(hard.columns)
+    columns = read_columns(dataset, ["image_id", "lang", *feature_columns])
     image_ids, langs = columns["image_id"], columns["lang"]
     if not config.image_unique_batches:
         if feature_columns:
@@ -137,7 +128,8 @@ def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
     if feature_columns:
         features = row_features([columns[name] for name in feature_columns])
         sampler = NeighbourBatchSampler(image_ids, features, config.batch_size, langs=langs, drop_last=True,
-                                        seed=seed, **hard, **config.sampler_kwargs)
+                                        seed=seed, hard_fraction=hard.hard_fraction, group_size=hard.group_size,
+                                        num_neighbours=hard.num_neighbours, **config.sampler_kwargs)
     else:
         sampler = UniqueImageBatchSampler(image_ids, config.batch_size, langs=langs, drop_last=True, seed=seed,
                                           **config.sampler_kwargs)
@@ -171,7 +163,7 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
         return None
     from transformers import AutoTokenizer
 
-    from ..data.samplers import read_columns
+    from ..data.columns import read_columns
     from ..data.tokenizer import train_sentencepiece_tokenizer
 
     folder = Path(recipe.output_dir) / "tokenizer"
@@ -187,6 +179,9 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
 
 def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = None) -> Trainer:
     """A [`Trainer`] with everything the recipe names built (model, processor, corpora, collator, sampler)."""
+    if recipe.resume_from:
+        # A wrong or damaged checkpoint is reported before the corpus is loaded and the model built.
+        resume_candidates(recipe.resume_from, recipe.output_dir)
     accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
     with accelerator.main_process_first():
         # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
@@ -200,7 +195,7 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         model=model,
         processor=processor,
         train_dataset=encoded_images(train) if recipe.data.cache_images else train,
-        collate_fn=build_collator(recipe.data, processor, channels_last=recipe.model.channels_last),
+        collate_fn=build_collator(recipe.data, processor, channels_last=recipe.model.channels_last, train=train),
         batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
         eval_dataset=evaluation,
         evaluate_fn=build_evaluate_fn(recipe.data, evaluation) if evaluation is not None else None,
@@ -220,18 +215,14 @@ def encoded_images(dataset: Any) -> Any:
 
 
 def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
-    """`evaluate_retrieval`, with zero-shot classification over the scenes corpus's labels and prompts."""
+    """`evaluate_retrieval`, with zero-shot classification where the corpus has labels and prompts (scenes)."""
     import functools
 
+    from ..data.splits import zero_shot_arguments
     from ..evaluation import evaluate_retrieval
 
-    if config.corpus != "scenes":
-        return evaluate_retrieval
-    from ..data.scenes import class_prompts
-
-    languages = sorted(set(dataset["lang"]))
-    return functools.partial(evaluate_retrieval, label_column="label",
-                             prompts={lang: class_prompts(lang) for lang in languages})
+    zero_shot = zero_shot_arguments(config.corpus, dataset)
+    return functools.partial(evaluate_retrieval, **zero_shot) if zero_shot else evaluate_retrieval
 
 
 __all__ = [

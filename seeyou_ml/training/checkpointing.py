@@ -5,6 +5,11 @@ A checkpoint is the directory `<output_dir>/checkpoints/step-<N>` holding what `
 counters). It is written under a hidden temporary name and renamed into place with `os.replace` only once complete,
 so a run killed during a save leaves the previous checkpoints as they were and never a half-written one that
 resuming would pick up.
+
+Files can still be damaged afterwards (a full disk, a copy cut short). `trainer_state.json` therefore lists every file
+of the checkpoint with its size, and [`checkpoint_problem`] checks them (present, of that size, with an intact
+safetensors header or zip directory) without loading anything. `--resume_from latest` takes the newest checkpoint
+without problems and says which newer ones it skipped and why; a checkpoint named explicitly must be intact.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -21,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_NAME = "trainer_state.json"
+FILES_KEY = "files"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -48,29 +55,120 @@ def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
     return checkpoints[-1] if checkpoints else None
 
 
-def resolve_resume_path(resume_from: str, output_dir: Union[str, Path]) -> Path:
-    """Turns `--resume_from` (a checkpoint directory, or `latest`) into a checkpoint directory.
+def _step_directories(output_dir: Union[str, Path]) -> list[Path]:
+    """Every `step-<N>` directory under `output_dir`, complete or not, newest first."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), path) for path in root.iterdir() if (m := _NAME.match(path.name)) and path.is_dir()]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def _file_problem(path: Path) -> Optional[str]:
+    """Why a checkpoint file cannot be read (a truncated safetensors header or zip directory), or None."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt"):
+                pass
+        elif path.suffix in (".bin", ".pkl"):
+            # torch.save writes zip archives; a cut-off file has lost the directory at its end.
+            with zipfile.ZipFile(path):
+                pass
+    except Exception as error:  # safetensors raises its own error type
+        return f"{path} is damaged ({type(error).__name__}: {error})"
+    return None
+
+
+def checkpoint_problem(path: Union[str, Path]) -> Optional[str]:
+    """What makes the checkpoint at `path` unusable, naming the file and why, or None when it is intact.
+
+    Checks `trainer_state.json` (readable, with the trainer's position), the files it lists (present and of their
+    recorded size) and every model, optimizer, scheduler and random-state file (intact safetensors header or zip
+    directory). Nothing is unpickled or loaded into memory.
+    """
+    path = Path(path)
+    state_file = path / TRAINER_STATE_NAME
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    if not state_file.is_file():
+        return f"{state_file} is missing"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{state_file} is damaged ({error})"
+    if not isinstance(state, dict) or "step" not in state:
+        return f"{state_file} lacks the step"
+    files = state.get(FILES_KEY)
+    if files is None:
+        # Written before file lists were recorded: the files Accelerate always writes must be there.
+        files = {name: None for name in ("optimizer.bin", "random_states_0.pkl")}
+        if not (path / "model.safetensors").exists() and not (path / "pytorch_model.bin").exists():
+            return f"{path / 'model.safetensors'} is missing"
+    for name, size in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if size is not None and file.stat().st_size != size:
+            return f"{file} has {file.stat().st_size} bytes, {size} were written (truncated or overwritten)"
+    for file in sorted(path.iterdir()):
+        problem = _file_problem(file)
+        if problem:
+            return problem
+    return None
+
+
+def resume_candidates(resume_from: str, output_dir: Union[str, Path]) -> list[Path]:
+    """The intact checkpoints `--resume_from` may resume from, the preferred first.
+
+    For `latest`, every intact checkpoint under `output_dir`, newest first (a warning names each newer one skipped and
+    why, so a caller whose load fails can fall back to the next); for a directory, that checkpoint alone.
 
     Raises:
-        FileNotFoundError: naming what was looked for and what exists.
+        FileNotFoundError: naming what was looked for and what exists, when nothing is left to resume from.
+        ValueError: when the named checkpoint is damaged, naming the file and the problem.
     """
     if resume_from == "latest":
-        path = latest_checkpoint(output_dir)
-        if path is None:
+        intact, skipped = [], []
+        for path in _step_directories(output_dir):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                intact.append(path)
+            elif not intact:
+                skipped.append(f"{path.name} ({problem})")
+                logger.warning(f"--resume_from latest: skipping checkpoint {path}: {problem}.")
+        if not intact:
+            where = Path(output_dir) / CHECKPOINTS_DIR
+            found = f" (skipped: {'; '.join(skipped)})" if skipped else ""
             raise FileNotFoundError(
-                f"--resume_from latest: no complete checkpoint under {Path(output_dir) / CHECKPOINTS_DIR}; "
-                "train without --resume_from first, or name a checkpoint directory."
+                f"--resume_from latest: no complete checkpoint under {where}{found}; train without --resume_from "
+                "first, or name a checkpoint directory."
             )
-        return path
+        return intact
     path = Path(resume_from)
-    if not (path / TRAINER_STATE_NAME).is_file():
+    if not (path / TRAINER_STATE_NAME).is_file() and not path.is_dir():
         others = [str(p) for p in list_checkpoints(path.parent.parent if path.parent.name == CHECKPOINTS_DIR
                                                     else output_dir)]
         raise FileNotFoundError(
             f"--resume_from {resume_from}: not a complete checkpoint (no {TRAINER_STATE_NAME}). "
             f"Complete checkpoints: {others or 'none'}; or pass `latest`."
         )
-    return path
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"--resume_from {resume_from}: {problem}. Name another checkpoint, or pass `latest` to "
+                         "take the newest intact one.")
+    return [path]
+
+
+def resolve_resume_path(resume_from: str, output_dir: Union[str, Path]) -> Path:
+    """Turns `--resume_from` (a checkpoint directory, or `latest`) into the intact checkpoint to resume from.
+
+    Raises:
+        FileNotFoundError: naming what was looked for and what exists.
+        ValueError: when the named checkpoint is damaged, naming the file.
+    """
+    return resume_candidates(resume_from, output_dir)[0]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -123,7 +221,8 @@ def save_checkpoint(
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(temporary / TRAINER_STATE_NAME, {**trainer_state, "step": step})
+        files = {file.name: file.stat().st_size for file in sorted(temporary.iterdir()) if file.is_file()}
+        _write_json(temporary / TRAINER_STATE_NAME, {**trainer_state, "step": step, FILES_KEY: files})
         _fsync_dir(temporary)
         if final.exists():
             previous = final.parent / f".old-{final.name}"
@@ -151,20 +250,37 @@ def prune_checkpoints(output_dir: Union[str, Path], keep_last: int) -> list[Path
 
 
 def load_checkpoint(accelerator, path: Union[str, Path]) -> dict[str, Any]:
-    """Restores the Accelerate state saved in `path` and returns its `trainer_state.json`."""
+    """Restores the Accelerate state saved in `path` and returns its `trainer_state.json` (without the file list).
+
+    Raises:
+        RuntimeError: naming the checkpoint when Accelerate cannot load it (e.g. a model of another shape).
+    """
     path = Path(path)
-    accelerator.load_state(str(path))
+    random_state = path / f"random_states_{accelerator.process_index}.pkl"
+    if not random_state.is_file():
+        # Accelerate would skip it below the default log level; the resumed run then draws other random numbers.
+        logger.warning(f"{random_state} is missing (the checkpoint was saved by fewer processes): process "
+                       f"{accelerator.process_index} starts from fresh random states, so the resumed run does not "
+                       "reproduce an uninterrupted one exactly.")
+    try:
+        accelerator.load_state(str(path))
+    except Exception as error:
+        raise RuntimeError(f"Could not load checkpoint {path}: {type(error).__name__}: {error}") from error
     with open(path / TRAINER_STATE_NAME, encoding="utf-8") as f:
-        return json.load(f)
+        state = json.load(f)
+    state.pop(FILES_KEY, None)
+    return state
 
 
 __all__ = [
     "TRAINER_STATE_NAME",
     "checkpoint_path",
+    "checkpoint_problem",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
     "resolve_resume_path",
+    "resume_candidates",
     "save_checkpoint",
 ]

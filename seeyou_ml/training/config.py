@@ -1,51 +1,46 @@
-"""Training recipes: dataclasses that round-trip to YAML and take `--key value` overrides from the command line.
+"""Training recipes: the schema, dataclasses that round-trip to YAML and take `--key value` overrides.
 
 A recipe is one YAML file with the sections of [`TrainingRecipe`]. Overrides name a field by its dotted path
 (`--optim.lr 1e-4`, `--stages.0.steps 200`, `--losses.contrastive_loss.start_step 50`) or, when the name is unique
 across sections, by its bare name (`--lr 1e-4`, `--save_every 100`). Values are parsed as YAML and coerced to the
-field's declared type, so `3e-5` is a float even though YAML 1.1 reads it as a string. Only `true` and `false` are
-booleans (as in YAML 1.2): `no`, `off`, `yes` and `on` stay the strings they were written as, so
-`mixed_precision: no` means fp32, and boolean fields accept them as words.
+field's declared type, so `3e-5` is a float even though YAML 1.1 reads it as a string. Reading and overriding are
+done by the schema-agnostic engine in [`seeyou_ml.training.overrides`]; this module only declares the sections.
+Only `true` and `false` are booleans (as in YAML 1.2): `no`, `off`, `yes` and `on` stay the strings they were written
+as, so `mixed_precision: no` means fp32, and boolean fields accept them as words.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import yaml
 
+from ..data.augment import AugmentationConfig
+from .overrides import apply_overrides, build_config, load_yaml
 from .precision import MIXED_PRECISION
 
 TOWERS = ("vision", "text", "head")
 SCHEDULE_BY = ("steps", "time")
-BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True,
-                 "0": False}
 
 
-class RecipeLoader(yaml.SafeLoader):
-    """YAML loader whose booleans are `true`/`false` only (YAML 1.2): `no`, `off`, `yes`, `on` stay strings."""
+@dataclass
+class HardNegativesConfig:
+    """Batches with groups of similar images as hard negatives for one another (`NeighbourBatchSampler`)."""
 
-
-RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _first in "tTfF":
-    RecipeLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
-        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))
+    columns: list = field(
+        default_factory=list,
+        metadata={"help": "Columns whose values describe an image: list columns are zipped into objects (e.g. "
+                          "[colours, shapes]), text columns give their words. Empty = random batches."},
     )
-
-
-def load_yaml(text: str) -> Any:
-    """Parses recipe YAML (a file's text or one override value) with [`RecipeLoader`]."""
-    return yaml.load(text, Loader=RecipeLoader)
+    hard_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1,
+                                                        "help": "Share of each batch filled with neighbour groups."})
+    group_size: int = field(default=4, metadata={"ge": 2, "help": "Images per group (an anchor and its neighbours)."})
+    num_neighbours: int = field(
+        default=16, metadata={"ge": 1, "help": "Nearest images each group draws its neighbours from."}
+    )
 
 
 @dataclass
@@ -69,11 +64,12 @@ class DataConfig:
         default=None, metadata={"help": "Keep only captions in these languages (ISO 639-1); null keeps all."}
     )
     batch_size: int = field(
-        default=64, metadata={"help": "Global batch: pairs per optimizer step over all processes (the negatives)."}
+        default=64, metadata={"ge": 1,
+                              "help": "Global batch: pairs per optimizer step over all processes (the negatives)."}
     )
     sub_batch_size: Optional[int] = field(
         default=None,
-        metadata={"help": "Pairs per forward pass on one process; below the per-process batch it turns on "
+        metadata={"ge": 1, "help": "Pairs per forward pass on one process; below the per-process batch it turns on "
                           "GradCache accumulation (same gradients, less memory). null = the whole per-process batch."},
     )
     image_unique_batches: bool = field(
@@ -83,19 +79,20 @@ class DataConfig:
         default_factory=dict,
         metadata={"help": "Further UniqueImageBatchSampler arguments (group_by_language, max_captions_per_image)."},
     )
-    hard_negatives: dict = field(
-        default_factory=dict,
-        metadata={"help": "Batches with groups of similar images (NeighbourBatchSampler): `columns` whose values "
-                          "describe an image (list columns are zipped into objects, e.g. [colours, shapes]; text "
-                          "columns give their words), and optionally `hard_fraction`, `group_size`, "
-                          "`num_neighbours`. Empty = random batches."},
+    hard_negatives: HardNegativesConfig = field(
+        default_factory=HardNegativesConfig,
+        metadata={"help": "Batches with groups of similar images (NeighbourBatchSampler); no columns: random ones."},
     )
-    max_length: Optional[int] = field(default=None, metadata={"help": "Longest caption in tokens; null = tokenizer's."})
-    augment: dict = field(
-        default_factory=dict, metadata={"help": "Keyword arguments of the collator's augmentations (see its docs)."}
+    max_length: Optional[int] = field(default=None, metadata={"ge": 1,
+                                                              "help": "Longest caption in tokens; null = tokenizer's."})
+    augment: AugmentationConfig = field(
+        default_factory=AugmentationConfig,
+        metadata={"help": "The collator's augmentations (seeyou_ml.data.augment.AugmentationConfig); all off by "
+                          "default. Back-translation draws from the training split's captions of the same image."},
     )
     num_workers: int = field(
-        default=0, metadata={"help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
+        default=0, metadata={"ge": 0,
+                             "help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
                                      "runs stay exact with workers too)."}
     )
     cache_images: bool = field(
@@ -126,7 +123,8 @@ class ModelConfig:
     )
     tokenizer_vocab_size: Optional[int] = field(
         default=None,
-        metadata={"help": "`tiny` preset only: train a SentencePiece tokenizer of this size on the training captions "
+        metadata={"ge": 1,
+                  "help": "`tiny` preset only: train a SentencePiece tokenizer of this size on the training captions "
                           "(kept in <output_dir>/tokenizer and reused on resume) instead of the scenes tokenizer."},
     )
     image_processor: Optional[str] = field(
@@ -159,20 +157,25 @@ class ModelConfig:
 class OptimConfig:
     """AdamW with a learning rate per tower, linear warmup and cosine decay."""
 
-    lr: float = field(default=3e-5, metadata={"help": "Learning rate of both towers unless set per tower."})
-    vision_lr: Optional[float] = field(default=None, metadata={"help": "Vision tower learning rate; null = lr."})
-    text_lr: Optional[float] = field(default=None, metadata={"help": "Text tower learning rate; null = lr."})
+    lr: float = field(default=3e-5, metadata={"gt": 0, "help": "Learning rate of both towers unless set per tower."})
+    vision_lr: Optional[float] = field(default=None, metadata={"ge": 0,
+                                                               "help": "Vision tower learning rate; null = lr."})
+    text_lr: Optional[float] = field(default=None, metadata={"ge": 0, "help": "Text tower learning rate; null = lr."})
     head_lr: Optional[float] = field(
-        default=None, metadata={"help": "Projections, logit scale and heads; null = lr."}
+        default=None, metadata={"ge": 0, "help": "Projections, logit scale and heads; null = lr."}
     )
     weight_decay: float = field(
-        default=0.1, metadata={"help": "Decoupled weight decay; never applied to norms, biases or the logit scale."}
+        default=0.1, metadata={"ge": 0,
+                               "help": "Decoupled weight decay; never applied to norms, biases or the logit scale."}
     )
-    betas: list = field(default_factory=lambda: [0.9, 0.98], metadata={"help": "AdamW betas."})
-    eps: float = field(default=1e-6, metadata={"help": "AdamW epsilon."})
-    warmup_steps: int = field(default=1000, metadata={"help": "Linear warmup steps at the start of every stage."})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "Cosine floor as a fraction of the peak rate."})
-    max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "Gradient clipping norm; null = none."})
+    betas: list = field(default_factory=lambda: [0.9, 0.98], metadata={"ge": 0, "lt": 1, "help": "AdamW betas."})
+    eps: float = field(default=1e-6, metadata={"gt": 0, "help": "AdamW epsilon."})
+    warmup_steps: int = field(default=1000, metadata={"ge": 0,
+                                                      "help": "Linear warmup steps at the start of every stage."})
+    min_lr_ratio: float = field(default=0.0, metadata={"ge": 0, "le": 1,
+                                                       "help": "Cosine floor as a fraction of the peak rate."})
+    max_grad_norm: Optional[float] = field(default=1.0, metadata={"gt": 0,
+                                                                  "help": "Gradient clipping norm; null = none."})
     fused: Optional[bool] = field(
         default=None,
         metadata={"help": "Fused AdamW kernel (one pass over all tensors); null = fused where the parameters' "
@@ -186,24 +189,29 @@ class StageConfig:
 
     name: str = field(default="joint", metadata={"help": "Name shown in logs."})
     steps: int = field(
-        default=1000, metadata={"help": "Optimizer steps in this stage (a share of the budget with schedule_by: time)."}
+        default=1000, metadata={"ge": 1,
+                                "help": "Optimizer steps in this stage (a share of the budget with schedule_by: time)."}
     )
     freeze: list = field(
-        default_factory=list, metadata={"help": "Towers kept fixed and in eval mode: any of `vision`, `text`."}
+        default_factory=list, metadata={"choices": TOWERS,
+                                        "help": "Towers kept fixed and in eval mode: any of `vision`, `text`."}
     )
-    vision_lr: Optional[float] = field(default=None, metadata={"help": "Vision tower learning rate in this stage."})
-    text_lr: Optional[float] = field(default=None, metadata={"help": "Text tower learning rate in this stage."})
-    head_lr: Optional[float] = field(default=None, metadata={"help": "Head learning rate in this stage."})
-    warmup_steps: Optional[int] = field(default=None, metadata={"help": "Warmup of this stage; null = optim's."})
+    vision_lr: Optional[float] = field(default=None, metadata={"ge": 0,
+                                                               "help": "Vision tower learning rate in this stage."})
+    text_lr: Optional[float] = field(default=None, metadata={"ge": 0,
+                                                             "help": "Text tower learning rate in this stage."})
+    head_lr: Optional[float] = field(default=None, metadata={"ge": 0, "help": "Head learning rate in this stage."})
+    warmup_steps: Optional[int] = field(default=None, metadata={"ge": 0,
+                                                                "help": "Warmup of this stage; null = optim's."})
 
 
 @dataclass
 class LossTermConfig:
     """One loss term; the training loss is the weighted sum of the active terms."""
 
-    weight: float = field(default=1.0, metadata={"help": "Multiplier of the term."})
+    weight: float = field(default=1.0, metadata={"ge": 0, "help": "Multiplier of the term."})
     start_step: int = field(
-        default=0, metadata={"help": "First optimizer step at which the term counts (a schedule position with "
+        default=0, metadata={"ge": 0, "help": "First optimizer step at which the term counts (a schedule position with "
                                      "schedule_by: time, like the stages' steps)."}
     )
 
@@ -212,20 +220,23 @@ class LossTermConfig:
 class MonitorConfig:
     """Logging, the collapse monitor and the non-finite loss guard."""
 
-    log_every: int = field(default=10, metadata={"help": "Steps between tracker logs."})
+    log_every: int = field(default=10, metadata={"ge": 1, "help": "Steps between tracker logs."})
     report_to: Optional[str] = field(
         default="tensorboard", metadata={"help": "Accelerate tracker (`tensorboard`, `wandb`, ...); null for none."}
     )
-    collapse_every: int = field(default=100, metadata={"help": "Steps between collapse checks; 0 turns them off."})
+    collapse_every: int = field(default=100, metadata={"ge": 0,
+                                                       "help": "Steps between collapse checks; 0 turns them off."})
     collapse_max_cosine: float = field(
-        default=0.9, metadata={"help": "Warn when the mean off-diagonal cosine of a tower's embeddings exceeds this."}
+        default=0.9, metadata={"ge": -1, "le": 1,
+                               "help": "Warn when the mean off-diagonal cosine of a tower's embeddings exceeds this."}
     )
     collapse_min_rank_fraction: float = field(
         default=0.05,
-        metadata={"help": "Warn when the effective rank falls below this fraction of min(batch, embedding dim)."},
+        metadata={"ge": 0, "le": 1,
+                  "help": "Warn when the effective rank falls below this fraction of min(batch, embedding dim)."},
     )
     max_consecutive_nonfinite: int = field(
-        default=5, metadata={"help": "Stop after this many NaN/inf losses in a row (each one skips its step)."}
+        default=5, metadata={"ge": 1, "help": "Stop after this many NaN/inf losses in a row (each one skips its step)."}
     )
     progress_bar: bool = field(default=True, metadata={"help": "Show a tqdm bar on the main process."})
 
@@ -234,16 +245,17 @@ class MonitorConfig:
 class CheckpointConfig:
     """Periodic checkpoints under `<output_dir>/checkpoints/step-<N>`."""
 
-    save_every: int = field(default=500, metadata={"help": "Steps between checkpoints; 0 turns them off."})
-    keep_last: int = field(default=3, metadata={"help": "Checkpoints kept; older ones are deleted."})
+    save_every: int = field(default=500, metadata={"ge": 0, "help": "Steps between checkpoints; 0 turns them off."})
+    keep_last: int = field(default=3, metadata={"ge": 1, "help": "Checkpoints kept; older ones are deleted."})
 
 
 @dataclass
 class EvalConfig:
     """Retrieval evaluation on `data.eval_split`."""
 
-    every: int = field(default=0, metadata={"help": "Steps between evaluations during training; 0 = only at the end."})
-    embed_batch_size: int = field(default=128, metadata={"help": "Batch size of the embedding passes."})
+    every: int = field(default=0, metadata={"ge": 0,
+                                            "help": "Steps between evaluations during training; 0 = only at the end."})
+    embed_batch_size: int = field(default=128, metadata={"ge": 1, "help": "Batch size of the embedding passes."})
     kwargs: dict = field(default_factory=dict, metadata={"help": "Further keyword arguments of evaluate_retrieval."})
 
 
@@ -264,7 +276,7 @@ class TrainingRecipe:
 
     name: str = field(default="run", metadata={"help": "Name of the run (tracker project name)."})
     output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs and the model go."})
-    seed: int = field(default=0, metadata={"help": "Seed of model initialisation, data order and dropout."})
+    seed: int = field(default=0, metadata={"ge": 0, "help": "Seed of model initialisation, data order and dropout."})
     mixed_precision: Optional[str] = field(
         default=None,
         metadata={"help": "`auto` (bf16 where the hardware runs it natively: CUDA with bf16, CPUs with AVX512-BF16 or "
@@ -280,7 +292,8 @@ class TrainingRecipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     stages: list = field(
         default_factory=lambda: [StageConfig()],
-        metadata={"help": "Stages run in order; their steps add up to the run's length (see schedule_by).",
+        metadata={"min_items": 1,
+                  "help": "Stages run in order; their steps add up to the run's length (see schedule_by).",
                   "item": StageConfig},
     )
     max_train_seconds: Optional[float] = field(
@@ -332,7 +345,7 @@ class TrainingRecipe:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingRecipe":
         """Builds a recipe from nested plain data (as read from YAML), coercing every value to its field's type."""
-        return _build(cls, data or {}, "")
+        return build_config(cls, data)
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "TrainingRecipe":
@@ -358,183 +371,20 @@ class TrainingRecipe:
 
     def with_overrides(self, args: list[str]) -> "TrainingRecipe":
         """A copy with `--key value` pairs applied (see the module docstring for how keys are resolved)."""
-        data = self.to_dict()
-        for key, value in _pairs(args):
-            path = _resolve_key(key, data)
-            _set_path(data, path, load_yaml(value) if value is not None else None)
-        return TrainingRecipe.from_dict(data)
-
-
-# ---- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _pairs(args: list[str]) -> list[tuple[str, Optional[str]]]:
-    """Splits `["--a", "1", "--b=2"]` into `[("a", "1"), ("b", "2")]`."""
-    pairs, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"Unexpected argument {arg!r}: overrides are `--key value` or `--key=value` pairs.")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value = args[i + 1]
-            i += 2
-        else:
-            raise ValueError(f"Override --{key} has no value; write `--{key} VALUE`.")
-        pairs.append((key.replace("-", "_"), value))
-    return pairs
-
-
-def _node_paths(data: Any, prefix: tuple = ()) -> list[tuple]:
-    """Paths of every field and section of `data` (not descending into free-form mappings)."""
-    paths = [prefix] if prefix else []
-    if isinstance(data, dict) and (not prefix or not _is_open_mapping(prefix[-1]) or prefix[-1] == "losses"):
-        for key, value in data.items():
-            paths += _node_paths(value, prefix + (key,))
-    return paths
-
-
-def _walk(parts: tuple, data: dict) -> bool:
-    """Whether `parts` is a path from the root of `data` (anything below a free-form mapping counts)."""
-    node = data
-    for part in parts:
-        if isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False
-        if _is_open_mapping(part):
-            # Keys below a free-form section may be new, so any path into it is accepted.
-            return True
-    return True
-
-
-def _resolve_key(key: str, data: dict) -> tuple:
-    """The path of `key` in `data`: its dotted form from the root, else with its first part the unique field or
-    section of that name (`--lr`, `--corpus_kwargs.num_images`)."""
-    parts = tuple(int(p) if p.isdigit() else p for p in key.split("."))
-    if _walk(parts, data):
-        return parts
-    nodes = _node_paths(data)
-    matches = [p + parts[1:] for p in nodes if p[-1] == parts[0] and _walk(p + parts[1:], data)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        options = ", ".join("--" + ".".join(map(str, m)) for m in matches)
-        raise ValueError(f"Override --{key} is ambiguous; write one of: {options}.")
-    names = sorted({".".join(map(str, p)) for p in nodes})
-    close = difflib.get_close_matches(key, names, n=3) or difflib.get_close_matches(
-        key, [n.split(".")[-1] for n in names], n=3
-    )
-    hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
-    raise ValueError(f"Override --{key} names no recipe field.{hint}")
-
-
-def _is_open_mapping(name: Any) -> bool:
-    """Sections whose keys are free (new keys may be added by an override)."""
-    return name in ("corpus_kwargs", "preset_kwargs", "sampler_kwargs", "hard_negatives", "augment",
-                    "config_overrides", "kwargs", "losses")
-
-
-def _set_path(data: Any, path: tuple, value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        if isinstance(node, dict) and part not in node:
-            node[part] = {}
-        node = node[part]
-    node[path[-1]] = value
-
-
-def _build(cls: type, data: dict, where: str) -> Any:
-    """Instantiates dataclass `cls` from `data`, naming the offending key on unknown fields or bad values."""
-    if not isinstance(data, dict):
-        raise ValueError(f"Recipe section {where or 'root'} must be a mapping, got {data!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where_ = f" in section {where!r}" if where else ""
-        close = {u: difflib.get_close_matches(u, list(fields), n=1) for u in unknown}
-        hints = "; ".join(f"{u!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for u, c in close.items())
-        raise ValueError(f"Unknown recipe key(s){where_}: {hints}. Known keys: {', '.join(fields)}.")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        dotted = f"{where}.{name}" if where else name
-        item = fields[name].metadata.get("item")
-        if item is not None and isinstance(value, list):
-            kwargs[name] = [_build(item, v or {}, f"{dotted}.{i}") for i, v in enumerate(value)]
-        elif item is not None and isinstance(value, dict):
-            kwargs[name] = {k: _build(item, v or {}, f"{dotted}.{k}") for k, v in value.items()}
-        else:
-            kwargs[name] = _coerce(value, hints[name], dotted)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Converts `value` to the type `hint` (a dataclass, a scalar type, Optional[...], list or dict)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
-            if type(None) in args:
-                return None
-        hint = next(a for a in args if a is not type(None))
-        return _coerce(value, hint, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value or {}, where)
-    try:
-        if hint is bool:
-            if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
-                return BOOLEAN_WORDS[value.lower()]
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if hint in (int, float):
-            if isinstance(value, bool):
-                raise ValueError
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return hint(float(value)) if hint is int else float(value)
-        if hint is str:
-            if isinstance(value, bool):
-                raise ValueError(f"Recipe field {where}={value!r} is a boolean where a string is expected; write the "
-                                 f"word in quotes (e.g. {where}: 'no').")
-            if isinstance(value, (dict, list)) or value is None:
-                raise ValueError
-            return str(value)
-        if hint is list or origin is list:
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v]
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            return list(value)
-        if hint is dict or origin is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError) as error:
-        if str(error).startswith("Recipe field"):
-            raise
-        name = getattr(hint, "__name__", str(hint))
-        raise ValueError(f"Recipe field {where}={value!r} is not a valid {name}.") from None
-    return value
+        return apply_overrides(TrainingRecipe, self.to_dict(), args)
 
 
 __all__ = [
     "CheckpointConfig",
     "DataConfig",
     "EvalConfig",
+    "HardNegativesConfig",
     "LossTermConfig",
     "ModelConfig",
     "MonitorConfig",
     "OptimConfig",
-    "RecipeLoader",
     "SCHEDULE_BY",
     "StageConfig",
     "TOWERS",
     "TrainingRecipe",
-    "load_yaml",
 ]

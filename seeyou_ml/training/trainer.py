@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint
+from .checkpointing import load_checkpoint, resume_candidates, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
@@ -148,11 +148,35 @@ def make_accelerator(recipe: TrainingRecipe, **kwargs) -> Accelerator:
         kwargs["mixed_precision"] = choice.mixed_precision
     if recipe.monitor.report_to:
         kwargs.setdefault("log_with", recipe.monitor.report_to)
-    return Accelerator(
+    accelerator = Accelerator(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         project_dir=recipe.output_dir,
         **kwargs,
     )
+    check_distributed_type(accelerator)
+    return accelerator
+
+
+def check_distributed_type(accelerator: Accelerator) -> None:
+    """Refuses the distributed setups the trainer cannot run.
+
+    The trainer replicates the model on every process and averages gradients itself (see the module docstring), so
+    it runs on one device or data-parallel over several processes on one or many nodes (accelerate's `NO` and
+    `MULTI_*` types: CPU, GPU, XPU, NPU, ...). FSDP and DeepSpeed shard parameters, optimizer and gradients, which
+    that averaging and the checkpoints do not handle; run without them rather than silently ignore them.
+
+    Raises:
+        ValueError: naming the chosen type and what is supported.
+    """
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind != "NO" and not kind.startswith("MULTI_"):
+        raise ValueError(
+            f"The accelerate configuration chooses {kind}, which this trainer does not support: it trains data-parallel "
+            "(one replica of the model per process, on one or many nodes; distributed types NO and MULTI_GPU, "
+            "MULTI_CPU, MULTI_XPU, ...). Choose 'multi-GPU' (or 'No distributed training') in `accelerate config`, "
+            "or launch with `accelerate launch --multi_gpu --num_machines N --machine_rank R --main_process_ip IP "
+            "...`; for memory, use data.sub_batch_size and model.gradient_checkpointing instead of sharding."
+        )
 
 
 def average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
@@ -232,6 +256,7 @@ class Trainer:
     ):
         self.recipe = recipe
         self.accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
+        check_distributed_type(self.accelerator)
         if self.accelerator.mixed_precision == "fp16":
             raise ValueError("mixed_precision=fp16 needs loss scaling that GradCache and the NaN guard do not "
                              "handle; use bf16 (or no).")
@@ -256,7 +281,7 @@ class Trainer:
         check_loss_terms(recipe.losses, self.sub_batch_size is not None)
 
         if recipe.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         optimizer = build_optimizer(model, recipe.optim)
         scheduler = build_schedule(optimizer, recipe.optim, recipe.stages)
         self.batch_sampler = batch_sampler
@@ -403,7 +428,7 @@ class Trainer:
         # Per-process seeds: dropout and augmentation differ across processes (model init is seeded before, alike).
         set_seed(recipe.seed, device_specific=True)
         if recipe.resume_from:
-            self._resume(resolve_resume_path(recipe.resume_from, self.output_dir))
+            self._resume(resume_candidates(recipe.resume_from, self.output_dir))
         if recipe.monitor.report_to:
             accelerator.init_trackers(recipe.name, config=_flatten(recipe.to_dict()))
 
@@ -506,19 +531,49 @@ class Trainer:
         return save_checkpoint(self.accelerator, self.output_dir, self.step, self.trainer_state(),
                                self.recipe.checkpoint.keep_last)
 
-    def _resume(self, path: Path) -> None:
-        state = load_checkpoint(self.accelerator, path)
+    def _resume(self, candidates: list[Path]) -> None:
+        """Loads the first of `candidates` that loads (falling back to the next, older one, with a warning)."""
+        failures = []
+        for path in candidates:
+            try:
+                state = load_checkpoint(self.accelerator, path)
+                break
+            except RuntimeError as error:
+                if len(candidates) == 1:
+                    raise
+                failures.append(str(error))
+                logger.warning(f"{error}; trying the next older checkpoint.")
+        else:
+            raise RuntimeError("No checkpoint could be loaded: " + "; ".join(failures))
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.train_seconds, self._session_start = state.get("train_seconds", 0.0), None
         self.guard.load_state_dict(state.get("guard", {}))
         if self.accelerator.is_main_process:
-            history = self.output_dir / HISTORY_NAME
-            if history.exists():
-                # Steps after the checkpoint will be run again; drop their old records.
-                kept = [line for line in history.read_text(encoding="utf-8").splitlines()
-                        if line and json.loads(line)["step"] < self.step]
-                history.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        logger.info(f"Resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}).")
+            self._truncate_history()
+        # At warning level so that it shows with Python's default logging: a resumed run must say so.
+        logger.warning(f"Resumed from step {self.step} (checkpoint {path}; epoch {self.epoch}, batch "
+                       f"{self.batch_in_epoch}).")
+
+    def _truncate_history(self) -> None:
+        """Drops the records of steps after the checkpoint (they will be run again) and a partial last line that a
+        kill during the append left."""
+        history = self.output_dir / HISTORY_NAME
+        if not history.exists():
+            return
+        kept = []
+        lines = history.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning(f"{history}, line {number}: not a complete JSON record (the run was stopped while "
+                               "writing it); dropped.")
+                continue
+            if record["step"] < self.step:
+                kept.append(line)
+        history.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # ---- output and evaluation -----------------------------------------------------------------------------------
 
@@ -568,6 +623,7 @@ __all__ = [
     "TrainOutput",
     "Trainer",
     "average_gradients",
+    "check_distributed_type",
     "make_accelerator",
     "preserved_rng",
 ]
