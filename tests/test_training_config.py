@@ -185,6 +185,7 @@ def test_split_kwargs_override_corpus_kwargs_per_split(tmp_path):
         (["--seed", "-3"], r"seed=-3 must be >= 0"),
         (["--stages", "[]"], r"stages has 0 entries; give at least 1"),
         (["--randaugment_magnitude", "11"], r"data.augment.randaugment_magnitude=11.0 must be <= 10"),
+        (["--group_size", "2"], r"section data.hard_negatives: group_size set without `columns`"),
         (["--mixup_prob", "2"], r"section data.augment: AugmentationConfig.mixup_prob=2.0 must lie in \[0, 1\]"),
     ],
 )

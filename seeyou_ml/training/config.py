@@ -42,6 +42,12 @@ class HardNegativesConfig:
         default=16, metadata={"ge": 1, "help": "Nearest images each group draws its neighbours from."}
     )
 
+    def __post_init__(self):
+        tuned = [f.name for f in dataclasses.fields(self) if f.name != "columns" and getattr(self, f.name) != f.default]
+        if tuned and not self.columns:
+            raise ValueError(f"{', '.join(tuned)} set without `columns`, the columns describing an image, e.g. "
+                             "{columns: [colours, shapes]} for the scenes corpus or {columns: [caption]}.")
+
 
 @dataclass
 class DataConfig:
