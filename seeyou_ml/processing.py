@@ -75,4 +75,7 @@ class SeeYouProcessor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
+# Saved folders carry this file and an `auto_map` entry, so `AutoProcessor` loads them through remote code.
+SeeYouProcessor.register_for_auto_class("AutoProcessor")
+
 __all__ = ["SeeYouProcessor"]
