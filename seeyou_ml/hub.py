@@ -41,8 +41,8 @@ LICENSE = "apache-2.0"
 # Written by training for resuming and monitoring, not for users of the model.
 TRAINING_ONLY_FILES = frozenset({"history.jsonl"})
 PICKLE_SUFFIXES = frozenset({".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib"})
-# Counts and positions beside the results of `retrieval_results.json`, not results themselves.
-COUNT_KEYS = frozenset({"step", "num_images", "num_captions", "classes"})
+# Counts and positions beside the results of `retrieval_results.json`, not results themselves (so are `num_*` keys).
+COUNT_KEYS = frozenset({"step", "classes"})
 
 RETRIEVAL_TASK = ("image-text-retrieval", "Image-text retrieval")
 TEXT_RETRIEVAL_TASK = ("cross-lingual-text-retrieval", "Cross-lingual text-text retrieval")
@@ -91,7 +91,7 @@ def _numeric_leaves(data: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tup
     """(key path, value) of every finite number in nested mappings, counts left out."""
     if isinstance(data, dict):
         for key, value in data.items():
-            if key not in COUNT_KEYS:
+            if key not in COUNT_KEYS and not str(key).startswith("num_"):
                 yield from _numeric_leaves(value, path + (str(key),))
     elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
         yield path, float(data)
@@ -327,9 +327,10 @@ def _check_no_token(folder: Path) -> None:
     if not token:
         return
     needle = token.encode()
-    for path in folder.rglob("*"):
-        if path.is_file() and needle in path.read_bytes():
-            raise ValueError(f"{path.relative_to(folder)} contains your Hugging Face token; remove it before pushing.")
+    leaks = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes())
+    if leaks:
+        raise ValueError(f"{', '.join(leaks)} contain{'s' if len(leaks) == 1 else ''} your Hugging Face token; remove "
+                         "it before pushing.")
 
 
 @dataclass

@@ -10,22 +10,12 @@ from PIL import Image
 from seeyou_ml import cli
 from seeyou_ml.cli import Subcommand, build_parser, main, register_subcommand
 from seeyou_ml.evaluation.report import RECALL_BARS_PNG, TEXT_TO_TEXT_PNG, ZERO_SHOT_PNG
-from seeyou_ml.presets import tiny_processor
 
 CAPTIONS = [
     {"en": ["a red circle", "a red circle left"], "de": ["ein roter Kreis"], "fr": ["un cercle rouge"]},
     {"en": ["a blue square"], "de": ["eine blaue Kreis"], "fr": ["une étoile"]},
     {"en": ["a green star"], "de": ["ein Kreis"], "fr": ["un cercle"]},
 ]
-
-
-@pytest.fixture()
-def saved_model(tiny_model, tiny_tokenizer, tmp_path):
-    """A tiny model and its processor saved with save_pretrained."""
-    folder = tmp_path / "model"
-    tiny_model.save_pretrained(folder)
-    tiny_processor(tiny_tokenizer, image_size=32).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()
