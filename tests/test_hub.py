@@ -154,12 +154,21 @@ def hf_api(monkeypatch):
     return RecordingApi
 
 
-EXPECTED_UPLOAD = sorted(MODEL_FILES | REMOTE_CODE | {"README.md", "recipe.yaml", "retrieval_results.json",
-                                                      "adapters/de/adapter_config.json",
-                                                      "adapters/de/adapter_model.safetensors"})
+RESULTS_AND_ADAPTERS = {"README.md", "recipe.yaml", "retrieval_results.json", "adapters/de/adapter_config.json",
+                        "adapters/de/adapter_model.safetensors"}
 
 
-def test_push_uploads_the_model_folder_and_the_dry_run_writes_the_same(output_dir, hf_api, tmp_path, capsys, caplog):
+@pytest.fixture()
+def expected_upload(output_dir):
+    """Model files, every modeling file save_pretrained wrote (at least the five of today's model), results, card,
+    recipe and adapters."""
+    code = {path.name for path in output_dir.glob("*.py")}
+    assert REMOTE_CODE <= code
+    return sorted(MODEL_FILES | code | RESULTS_AND_ADAPTERS)
+
+
+def test_push_uploads_the_model_folder_and_the_dry_run_writes_the_same(output_dir, hf_api, expected_upload, tmp_path,
+                                                                       capsys, caplog):
     status = main(["push", str(output_dir), "--repo-id", "me/tiny-seeyou", "--private",
                    "--commit-message", "first model"])
     assert status == 0
@@ -170,8 +179,8 @@ def test_push_uploads_the_model_folder_and_the_dry_run_writes_the_same(output_di
         ("upload_folder", {"repo_id": "me/tiny-seeyou", "repo_type": "model", "revision": None,
                            "commit_message": "first model"}),
     ]
-    assert sorted(api.uploaded) == EXPECTED_UPLOAD
-    for name in set(EXPECTED_UPLOAD) - {"README.md"}:
+    assert sorted(api.uploaded) == expected_upload
+    for name in set(expected_upload) - {"README.md"}:
         assert api.uploaded[name] == (output_dir / name).read_bytes(), name
     uploaded_card = ModelCard(api.uploaded["README.md"].decode())
     assert uploaded_card.data.to_dict()["model-index"][0]["name"] == "tiny-seeyou"
@@ -184,19 +193,19 @@ def test_push_uploads_the_model_folder_and_the_dry_run_writes_the_same(output_di
     written = {str(p.relative_to(dry_run)): p.read_bytes() for p in dry_run.rglob("*") if p.is_file()}
     assert written == api.uploaded
     dry_output = capsys.readouterr().out
-    assert [line.strip() for line in dry_output.splitlines()[1:]] == EXPECTED_UPLOAD
+    assert [line.strip() for line in dry_output.splitlines()[1:]] == expected_upload
 
     logs = push_output + dry_output + caplog.text
     assert TOKEN not in logs
     assert all(TOKEN.encode() not in data for data in written.values())
 
 
-def test_push_to_a_branch_creates_it(output_dir, hf_api):
+def test_push_to_a_branch_creates_it(output_dir, hf_api, expected_upload):
     result = hub.push_to_hub(output_dir, "me/tiny-seeyou", revision="v2")
     calls = hf_api.instances[0].calls
     assert calls[1] == ("create_branch", {"repo_id": "me/tiny-seeyou", "branch": "v2", "exist_ok": True})
     assert calls[2][1]["revision"] == "v2" and calls[2][1]["commit_message"] == "Upload tiny-seeyou with seeyou-ml"
-    assert result.files == EXPECTED_UPLOAD and result.folder is None
+    assert result.files == expected_upload and result.folder is None
 
 
 def test_push_refuses_a_pickle_and_names_it(output_dir, hf_api, capsys):
