@@ -1,10 +1,11 @@
 """seeyou-ml: multilingual image-text alignment on the Hugging Face stack.
 
 Importing the package registers [`SeeYouConfig`], [`SeeYouModel`] and [`SeeYouProcessor`] with `AutoConfig`,
-`AutoModel` and `AutoProcessor` under the model type `"seeyou"`.
+`AutoModel` (and `AutoModelForZeroShotImageClassification`, for the zero-shot image classification pipeline) and
+`AutoProcessor` under the model type `"seeyou"`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
 from .configuration import SeeYouConfig
 from .losses import ContrastiveLoss, contrastive_loss
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 AutoConfig.register(SeeYouConfig.model_type, SeeYouConfig, exist_ok=True)
 AutoModel.register(SeeYouConfig, SeeYouModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(SeeYouConfig, SeeYouModel, exist_ok=True)
 AutoProcessor.register(SeeYouConfig, SeeYouProcessor, exist_ok=True)
 
 __all__ = [

@@ -108,4 +108,8 @@ class SeeYouConfig(PreTrainedConfig):
         return cls(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **kwargs)
 
 
+# `save_pretrained` copies this file into the folder and names it in `auto_map`, so the folder loads with
+# `trust_remote_code=True` where this package is not installed.
+SeeYouConfig.register_for_auto_class()
+
 __all__ = ["SeeYouConfig"]

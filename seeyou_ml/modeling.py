@@ -75,6 +75,9 @@ def image_ids_to_tensor(image_id: list[str], device: torch.device) -> torch.Tens
     return torch.tensor(ids, dtype=torch.long, device=device)
 
 
+ZERO_SHOT_AUTO_CLASS = "AutoModelForZeroShotImageClassification"
+
+
 class SeeYouPreTrainedModel(PreTrainedModel):
     """Weight initialisation and loading for SeeYou models."""
 
@@ -84,6 +87,16 @@ class SeeYouPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, with the model also named for zero-shot image classification in the
+        folder's `auto_map`, so `pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)`
+        finds it where this package is not installed (transformers writes one auto class per model class)."""
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    ZERO_SHOT_AUTO_CLASS: f"{module}.{type(self).__name__}"}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -291,5 +304,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
         config = SeeYouConfig.from_vision_text_configs(vision_model.config, text_model.config, **kwargs)
         return cls(config, vision_model=vision_model, text_model=text_model)
 
+
+# Saved folders carry this file (and the flat modules it imports) with an `auto_map` entry, so `AutoModel` loads
+# them with `trust_remote_code=True` where this package is not installed.
+SeeYouModel.register_for_auto_class("AutoModel")
 
 __all__ = ["SeeYouModel", "SeeYouOutput", "SeeYouPreTrainedModel"]

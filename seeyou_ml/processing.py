@@ -94,4 +94,7 @@ class SeeYouProcessor(ProcessorMixin):
                                  "tower has positions for; pass truncation=True to cut it there, or shorten it.")
 
 
+# Saved folders carry this file and an `auto_map` entry, so `AutoProcessor` loads them through remote code.
+SeeYouProcessor.register_for_auto_class("AutoProcessor")
+
 __all__ = ["SeeYouProcessor"]

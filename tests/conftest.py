@@ -40,6 +40,17 @@ def tiny_model(tiny_tokenizer):
     return SeeYouModel(config).eval()
 
 
+@pytest.fixture()
+def saved_model(tiny_model, tiny_tokenizer, tmp_path):
+    """A tiny model and its processor saved with save_pretrained."""
+    from seeyou_ml.presets import tiny_processor
+
+    folder = tmp_path / "model"
+    tiny_model.save_pretrained(folder)
+    tiny_processor(tiny_tokenizer, image_size=32).save_pretrained(folder)
+    return folder
+
+
 def text_batch(tokenizer, texts):
     """Tokenised `texts` as tensors."""
     encoded = tokenizer(texts, padding=True, return_tensors="pt")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -10,22 +12,12 @@ from PIL import Image
 from seeyou_ml import cli
 from seeyou_ml.cli import Subcommand, build_parser, main, register_subcommand
 from seeyou_ml.evaluation.report import RECALL_BARS_PNG, TEXT_TO_TEXT_PNG, ZERO_SHOT_PNG
-from seeyou_ml.presets import tiny_processor
 
 CAPTIONS = [
     {"en": ["a red circle", "a red circle left"], "de": ["ein roter Kreis"], "fr": ["un cercle rouge"]},
     {"en": ["a blue square"], "de": ["eine blaue Kreis"], "fr": ["une étoile"]},
     {"en": ["a green star"], "de": ["ein Kreis"], "fr": ["un cercle"]},
 ]
-
-
-@pytest.fixture()
-def saved_model(tiny_model, tiny_tokenizer, tmp_path):
-    """A tiny model and its processor saved with save_pretrained."""
-    folder = tmp_path / "model"
-    tiny_model.save_pretrained(folder)
-    tiny_processor(tiny_tokenizer, image_size=32).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()
@@ -100,3 +92,109 @@ def test_subcommands_register_once_per_name(monkeypatch):
     assert main(["echo-test"]) == 7
     with pytest.raises(ValueError, match="a subcommand named 'echo-test' is already registered"):
         register_subcommand(Subcommand("echo-test", "other", lambda parser: None, lambda a: 0))
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "push", "card"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(f"usage: seeyou {command}") and "--debug" in help_text
+    assert command in build_parser().format_help()
+
+
+def test_evaluate_reads_a_corpus_with_format_image_root_and_column_mapping(saved_model, tmp_path):
+    """A captions-jsonl file whose keys differ from the schema, with its images in a folder of their own."""
+    images, corpus = tmp_path / "pictures", tmp_path / "corpus"
+    images.mkdir()
+    corpus.mkdir()
+    lines = []
+    for index, captions in enumerate(CAPTIONS):
+        Image.new("RGB", (48, 48), (80 * index, 120, 60)).save(images / f"{index}.png")
+        lines.append(json.dumps({"id": f"im{index}", "picture": f"{index}.png", "texts": captions}))
+    (corpus / "val.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "results.json"
+    status = main(["evaluate", "--model", str(saved_model), "--data", str(corpus), "--format", "captions-jsonl",
+                   "--image-root", str(images), "--column-mapping", "id=image_id,picture=image,texts=captions",
+                   "--output", str(output), "--plots-dir", str(tmp_path / "figures"), "--no-progress"])
+    assert status == 0
+    results = json.loads(output.read_text())
+    assert (results["num_images"], results["num_captions"]) == (3, 10)
+
+
+def test_a_bad_column_mapping_is_an_argument_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", "m", "--data", "d", "--column-mapping", "caption"])
+    assert exit_info.value.code == 2
+    assert "is not SRC=DEST[,SRC=DEST...]" in capsys.readouterr().err
+
+
+def test_card_writes_the_model_card(saved_model, tmp_path, capsys):
+    assert main(["card", str(saved_model), "--repo-id", "me/tiny"]) == 0
+    assert capsys.readouterr().out.strip() == f"Model card: {saved_model / 'README.md'}"
+    card = (saved_model / "README.md").read_text()
+    assert card.startswith("---\n") and 'AutoModel.from_pretrained("me/tiny", trust_remote_code=True)' in card
+
+
+def _recipe_file(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+USER_ERRORS = {
+    "missing recipe": (lambda tmp, model: ["train", str(tmp / "nope.yaml")],
+                       "recipe {tmp}/nope.yaml: no such file; give a recipe YAML such as recipes/scenes-tiny.yaml."),
+    "unknown recipe key": (lambda tmp, model: ["train", _recipe_file(tmp, "name: x\ndata: {bogus: 1}\n")],
+                           "Unknown recipe key(s) in section 'data': 'bogus'."),
+    "recipe not YAML": (lambda tmp, model: ["train", _recipe_file(tmp, "name: [x\n")],
+                        "recipe {tmp}/recipe.yaml is not valid YAML ("),
+    "missing model folder": (lambda tmp, model: ["evaluate", "--model", str(tmp / "out"), "--data", "scenes"],
+                             "--model {tmp}/out: no such directory; give the output directory of `seeyou train`"),
+    "model folder without config": (lambda tmp, model: ["evaluate", "--model", str(tmp), "--data", "scenes"],
+                                    "--model {tmp}: the folder has no config.json;"),
+    "unknown scenes split": (lambda tmp, model: ["evaluate", "--model", str(model), "--data", "scenes",
+                                                 "--split", "bogus"],
+                             "split 'bogus' is not a scenes split; choose from ['test', 'train', 'val']"),
+    "unknown language": (lambda tmp, model: ["evaluate", "--model", str(model), "--data", "scenes",
+                                             "--languages", "en,xx"],
+                         "language 'xx' is not in the scenes corpus;"),
+    "corpus option on scenes": (lambda tmp, model: ["evaluate", "--model", str(model), "--data", "scenes",
+                                                    "--image-root", str(tmp)],
+                                "--image-root: options of corpora read by load_corpus"),
+    "missing output folder to push": (lambda tmp, model: ["push", str(tmp / "out"), "--repo-id", "me/x"],
+                                      "{tmp}/out: no such directory; give the output directory of `seeyou train`."),
+    "bad repo id": (lambda tmp, model: ["push", str(model), "--repo-id", "me/x/y"],
+                    "--repo-id 'me/x/y' is not a repository id; give `user/name` or `org/name`."),
+    "missing output folder for a card": (lambda tmp, model: ["card", str(tmp / "out")],
+                                         "{tmp}/out: no such directory;"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_ERRORS))
+def test_user_errors_are_one_line_with_exit_status_2(case, saved_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEEYOU_CACHE", str(tmp_path / "cache"))
+    argv, message = USER_ERRORS[case]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    assert main(argv(inputs, saved_model)) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"seeyou {argv(inputs, saved_model)[0]}: error: ")
+    assert message.format(tmp=inputs) in line and line.endswith("(--debug shows the traceback)")
+
+
+def test_debug_shows_the_exception(tmp_path):
+    for argv in (["--debug", "card", str(tmp_path / "out")], ["card", str(tmp_path / "out"), "--debug"]):
+        with pytest.raises(FileNotFoundError, match="no such directory"):
+            main(argv)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        main(["train", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+def test_console_command_exits_2_without_a_traceback(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "seeyou_ml.cli", "card", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip() == (f"seeyou card: error: {tmp_path / 'out'}: no such directory; give the output "
+                                  "directory of `seeyou train`. (--debug shows the traceback)")

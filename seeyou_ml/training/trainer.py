@@ -418,8 +418,8 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------------------
 
     def train(self) -> TrainOutput:
-        """Runs (or resumes) the recipe to its last step or the end of its time budget, then saves the model and
-        evaluates it."""
+        """Runs (or resumes) the recipe to its last step or the end of its time budget, then saves the model,
+        evaluates it and writes its model card."""
         accelerator, recipe = self.accelerator, self.recipe
         self._check_evaluation()
         if accelerator.is_main_process:
@@ -446,6 +446,10 @@ class Trainer:
             output.train_seconds = self.elapsed_seconds()
             self._save_final()
             output.metrics = self._evaluate(final=True)
+            if accelerator.is_main_process:
+                from ..hub import write_model_card
+
+                write_model_card(self.output_dir)  # README.md, with the results just written
             if output.metrics and recipe.monitor.report_to:
                 accelerator.log({f"eval/{k}": v for k, v in _flatten(output.metrics).items()
                                  if isinstance(v, (int, float))}, step=self.step)

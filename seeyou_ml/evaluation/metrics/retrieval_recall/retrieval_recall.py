@@ -1,10 +1,14 @@
-"""Image-text retrieval recall@k as an `evaluate` metric, backed by `seeyou_ml.evaluation.retrieval_recall`."""
+"""Image-text retrieval recall@k as an `evaluate` metric.
+
+The folder stands alone (no import of seeyou-ml), so it can be pushed to the Hub as a metric: its tiled recall kernel,
+`retrieval.py`, is `seeyou_ml/evaluation/retrieval.py` itself (a link in the repository, a copy in a wheel or on the Hub).
+"""
 
 import datasets
 import evaluate
 import numpy as np
 
-from seeyou_ml.evaluation.retrieval import retrieval_recall
+from .retrieval import retrieval_recall
 
 _DESCRIPTION = """
 Image→text and text→image recall@k (CLIP_benchmark's definitions) with rsum, in percent. An image is an image→text
@@ -28,8 +32,7 @@ Returns:
 
 Example:
     >>> import evaluate
-    >>> from seeyou_ml.evaluation import RETRIEVAL_METRIC_PATH
-    >>> metric = evaluate.load(RETRIEVAL_METRIC_PATH)
+    >>> metric = evaluate.load("retrieval_recall")  # the folder, or its Hub repository
     >>> metric.compute(image_embeds=[[1.0, 0.0], [0.0, 1.0]], text_embeds=[[0.9, 0.1], [0.2, 0.8]],
     ...                text_to_image=[0, 1], ks=(1,))
     {'image_to_text/R@1': 100.0, 'text_to_image/R@1': 100.0, 'rsum': 200.0}
