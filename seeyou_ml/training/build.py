@@ -171,13 +171,16 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
         return None
     from transformers import AutoTokenizer
 
+    from ..data.parallel import load_parallel_text
     from ..data.samplers import read_columns
     from ..data.tokenizer import train_sentencepiece_tokenizer
 
     folder = Path(recipe.output_dir) / "tokenizer"
     with accelerator.main_process_first():
         if not (folder / "tokenizer_config.json").exists():
-            captions = read_columns(train, ["caption"])["caption"]
+            captions = list(read_columns(train, ["caption"])["caption"])
+            for path in recipe.model.tokenizer_parallel_text:
+                captions += load_parallel_text(path, split="train").translation
             logger.warning(f"Training a {recipe.model.tokenizer_vocab_size}-piece SentencePiece tokenizer on "
                            f"{len(captions)} captions into {folder}.")
             train_sentencepiece_tokenizer(captions, vocab_size=recipe.model.tokenizer_vocab_size).save_pretrained(

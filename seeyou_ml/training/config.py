@@ -103,6 +103,12 @@ class ModelConfig:
         metadata={"help": "`tiny` preset only: train a SentencePiece tokenizer of this size on the training captions "
                           "(kept in <output_dir>/tokenizer and reused on resume) instead of the scenes tokenizer."},
     )
+    tokenizer_parallel_text: list = field(
+        default_factory=list,
+        metadata={"help": "With tokenizer_vocab_size: parallel-text files (`en-<lang>.jsonl`) whose translations, "
+                          "training part only (the last 200 pairs are held out), join the captions the tokenizer "
+                          "learns from, so it covers the scripts of languages that have few captions."},
+    )
     image_processor: Optional[str] = field(
         default=None, metadata={"help": "Image processor to load; null = the vision checkpoint."}
     )
