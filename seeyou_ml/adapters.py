@@ -207,8 +207,9 @@ def train_language_adapters(model: nn.Module, languages: Sequence[str]) -> list[
 def adapter_names_for_rows(model: nn.Module, lang: Union[str, Sequence[Optional[str]], None], rows: int) -> list[str]:
     """The adapter each of `rows` captions goes through: its language's, else the base (`BASE_ADAPTER`).
 
-    `lang=None` sends every row to the language set with [`set_language`] (the base unless set). Languages without an
-    adapter are named in one warning, the first time they are seen.
+    `lang=None` sends every row to the language set with [`set_language`] (the base unless set); a row whose language
+    is None or `BASE_ADAPTER` goes to the base. Languages without an adapter are named in one warning, the first time
+    they are seen.
     """
     present = set(language_adapters(model))
     if lang is None:
@@ -217,7 +218,7 @@ def adapter_names_for_rows(model: nn.Module, lang: Union[str, Sequence[Optional[
         lang = [lang] * rows
     if len(lang) != rows:
         raise ValueError(f"`lang` has {len(lang)} entries for a batch of {rows} captions; give one per caption.")
-    missing = {code for code in lang if code is not None and code not in present}
+    missing = {code for code in lang if code not in (None, BASE_ADAPTER) and code not in present}
     warned = model.__dict__.setdefault("_languages_without_adapter", set())
     if missing - warned:
         new = sorted(missing - warned)

@@ -91,6 +91,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse corpus embeddings saved here")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--adapters", type=Path, default=None,
+                        help="folder of per-language LoRA adapters (<lang>/adapter_config.json, peft's layout) to "
+                             "load onto the model; languages with an adapter are scored with and without it")
 
 
 def _load_data(args: argparse.Namespace):
@@ -116,6 +119,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(args.model).to(device).eval()
+    if args.adapters is not None:
+        from .adapters import load_language_adapters
+
+        load_language_adapters(model, args.adapters)
+        model.to(device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     dataset, zero_shot = _load_data(args)
     results = evaluate_retrieval(

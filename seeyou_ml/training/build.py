@@ -191,6 +191,10 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
 def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = None) -> Trainer:
     """A [`Trainer`] with everything the recipe names built (model, processor, corpora, collator, sampler)."""
     accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
+    if recipe.adapters is not None:
+        from .adapters import build_adapter_trainer
+
+        return build_adapter_trainer(recipe, accelerator)
     with accelerator.main_process_first():
         # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
         train = load_split(recipe.data, recipe.data.train_split)
