@@ -105,6 +105,13 @@ def save_plots(results: dict[str, Any], directory: str | os.PathLike) -> list[Pa
     return written
 
 
+def _save(plt, figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def _adapter_bars(plt, results: dict[str, Any], path: Path) -> Path:
     pairs = _adapter_pairs(results)
     labels = list(pairs)
@@ -117,10 +124,7 @@ def _adapter_bars(plt, results: dict[str, Any], path: Path) -> Path:
     axis.set_ylabel("R@1 (%)")
     axis.set_title("Without and with each language's adapter")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _recall_bars(plt, results: dict[str, Any], path: Path) -> Path:
@@ -141,10 +145,7 @@ def _recall_bars(plt, results: dict[str, Any], path: Path) -> Path:
         axis.legend(loc="upper center", ncol=len(cuts), fontsize=8)
     axes[0].set_ylabel("recall (%)")
     figure.suptitle("Retrieval recall per language")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _text_to_text_heatmap(plt, results: dict[str, Any], path: Path) -> Path:
@@ -165,10 +166,7 @@ def _text_to_text_heatmap(plt, results: dict[str, Any], path: Path) -> Path:
     axis.set_ylabel("query language")
     axis.set_title("Text → text R@1 (%)")
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _zero_shot_bars(plt, results: dict[str, Any], path: Path) -> Path:
@@ -183,10 +181,7 @@ def _zero_shot_bars(plt, results: dict[str, Any], path: Path) -> Path:
     axis.set_ylabel("top-1 accuracy (%)")
     axis.set_title("Zero-shot classification per prompt language")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 __all__ = ["ADAPTERS_PNG", "RECALL_BARS_PNG", "TEXT_TO_TEXT_PNG", "ZERO_SHOT_PNG", "format_adapter_table",
