@@ -76,9 +76,14 @@ def test_time_budget_and_schedule_fields():
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_parse(path):
+    import seeyou_ml.training.adapters  # noqa: F401  (registers the distillation loss terms)
+    from seeyou_ml.training.objectives import LOSS_TERMS
+
     recipe = TrainingRecipe.from_yaml(path)
     assert recipe.total_steps > 0
-    assert "contrastive_loss" in recipe.losses
+    assert recipe.losses and set(recipe.losses) <= set(LOSS_TERMS)
+    # Adapter recipes distil from parallel text; every other recipe trains image-text contrastively.
+    assert ("contrastive_loss" in recipe.losses) == (recipe.adapters is None)
 
 
 def test_train_entry_points_print_the_resolved_recipe(capsys):
