@@ -203,6 +203,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse corpus embeddings saved here")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--adapters", type=Path, default=None,
+                        help="folder of per-language LoRA adapters (<lang>/adapter_config.json, peft's layout) to "
+                             "load onto the model; languages with an adapter are scored with and without it")
 
 
 def _load_data(args: argparse.Namespace):
@@ -247,6 +250,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     check_model_dir(args.model)  # before the corpus loads: a typo in --model shows at once
     dataset, zero_shot = _load_data(args)
     model, processor = _load_model(args.model, device)
+    if args.adapters is not None:
+        from .adapters import load_language_adapters
+
+        load_language_adapters(model, args.adapters)
+        model.to(device).eval()
     results = evaluate_retrieval(
         model,
         processor,

@@ -49,6 +49,9 @@ class SeeYouConfig(PreTrainedConfig):
             The temperature's inverse is clamped to this value when used, so logits stay bounded.
         grounding_config (`dict`, *optional*):
             Settings of the phrase-grounding cross-attention head; `None` builds no head.
+        adapter_languages (`list[str]`, *optional*):
+            Languages (ISO 639-1) with a LoRA adapter on the text tower, saved under `adapters/<lang>/` beside the
+            weights and restored by `from_pretrained`; kept up to date by `seeyou_ml.adapters`. `None`: no adapters.
 
     Example:
 
@@ -85,6 +88,7 @@ class SeeYouConfig(PreTrainedConfig):
     max_logit_scale: float = 100.0
     grounding_config: dict | None = None
     initializer_range: float = 0.02
+    adapter_languages: list[str] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

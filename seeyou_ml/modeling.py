@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
+from .adapters import ADAPTERS_FOLDER, base_state_dict, language_adapters, language_routing, load_language_adapters
 from .configuration import SeeYouConfig
 from .losses import contrastive_loss
 from .towers import build_tower, encode_image, encode_text, load_tower, vision_width
@@ -184,19 +186,27 @@ class SeeYouModel(SeeYouPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=outputs.last_hidden_state, pooler_output=embeds)
 
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lang: str | list[str] | None = None,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Embeds captions.
 
         Args:
             input_ids: (B, T) token ids.
             attention_mask: (B, T), 1 for tokens and 0 for padding.
+            lang: ISO 639-1 language of each caption (or one for all): with language adapters, row i goes through the
+                adapter of `lang[i]` (`seeyou_ml.adapters`), a language without one through the base weights. None:
+                the language of `seeyou_ml.adapters.set_language`, by default the base. Ignored without adapters.
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` holds the projected, L2-normalised (B, D) embeddings
             and `last_hidden_state` the (B, T, H) token states.
         """
-        pooled, outputs = encode_text(self.text_model, input_ids, attention_mask, self.config.text_pooling)
+        with language_routing(self, lang, input_ids.shape[0]):
+            pooled, outputs = encode_text(self.text_model, input_ids, attention_mask, self.config.text_pooling)
         embeds = F.normalize(self.text_projection(pooled), dim=-1)  # (B, D)
         return BaseModelOutputWithPooling(last_hidden_state=outputs.last_hidden_state, pooler_output=embeds)
 
@@ -216,8 +226,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
             attention_mask: (B, T) caption mask.
             pixel_values: (B, 3, H, W) images; row i pairs with caption i.
             return_loss: also compute the symmetric contrastive loss (across processes when a process group runs).
-            lang: ISO 639-1 language of each caption, as the collator carries it; checked for length here and
-                routed to per-language adapters where the text tower has them.
+            lang: ISO 639-1 language of each caption, as the collator carries it; with language adapters each
+                caption goes through its language's adapter (see `get_text_features`).
             image_id: id of each pair's image, as the collator carries it. With `return_loss`, pairs that share an
                 image are not treated as negatives of each other.
 
@@ -235,7 +245,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
 
         # Text first: backward visits later operations first, so the vision tower's activations are freed before the
         # text tower's word-embedding gradient (a dense vocab x hidden tensor, 768 MB for XLM-R base) is formed.
-        text = self.get_text_features(input_ids, attention_mask)
+        text = self.get_text_features(input_ids, attention_mask, lang=lang)
         vision = self.get_image_features(pixel_values)
         image_embeds, text_embeds = vision.pooler_output, text.pooler_output
         scale = self.scale()
@@ -260,6 +270,36 @@ class SeeYouModel(SeeYouPreTrainedModel):
             vision_model_output=vision,
             text_model_output=text,
         )
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`; language adapters go to `adapters/<lang>/` beside the base weights, in
+        peft's format (`seeyou_ml.adapters.save_language_adapters`)."""
+        from .adapters import save_language_adapters
+
+        if not language_adapters(self):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        kwargs.setdefault("state_dict", base_state_dict(self))
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            save_language_adapters(self, os.path.join(save_directory, ADAPTERS_FOLDER))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "SeeYouModel":
+        """`PreTrainedModel.from_pretrained`, restoring the language adapters that `config.adapter_languages` lists."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        languages = model.config.adapter_languages
+        if languages:
+            model.config.adapter_languages = None  # the adapters are not there yet; loading them lists them again
+            folder = os.path.join(str(pretrained_model_name_or_path), ADAPTERS_FOLDER)
+            if not os.path.isdir(folder):
+                from huggingface_hub import snapshot_download
+
+                folder = os.path.join(snapshot_download(
+                    str(pretrained_model_name_or_path), revision=kwargs.get("revision"),
+                    allow_patterns=[f"{ADAPTERS_FOLDER}/*"], cache_dir=kwargs.get("cache_dir"),
+                ), ADAPTERS_FOLDER)
+            load_language_adapters(model, folder, languages)
+        return model
 
     @classmethod
     def from_vision_text_pretrained(

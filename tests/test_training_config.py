@@ -46,7 +46,7 @@ def test_overrides_dotted_bare_and_into_lists_and_mappings():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lrr", "1"], "Did you mean --lr?"),
+        (["--lrr", "1"], "Did you mean --lr,"),
         (["--lr"], "has no value"),
         (["lr", "1"], "`--key value`"),
         (["--lr", "fast"], "optim.lr='fast' is not a valid float"),
@@ -93,10 +93,12 @@ def local_towers(tmp_path_factory, tiny_tokenizer):
     return folder
 
 
-@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+# Adapter recipes start from a trained model's folder; tests/test_training_adapters.py trains one from a tiny base.
+@pytest.mark.parametrize("path", sorted(p for p in RECIPES.glob("*.yaml") if "adapters" not in p.stem),
+                         ids=lambda p: p.name)
 def test_shipped_recipes_build_and_step(path, tmp_path, local_towers, monkeypatch):
-    """Every shipped recipe builds its trainer and takes a step, with its corpus, towers and sizes swapped for tiny
-    offline ones through the same overrides a user has; everything else is the recipe's own."""
+    """Every shipped image-text recipe builds its trainer and takes a step, with its corpus, towers and sizes swapped
+    for tiny offline ones through the same overrides a user has; everything else is the recipe's own."""
     import torch
 
     from seeyou_ml.data.samplers import NeighbourBatchSampler
@@ -118,7 +120,7 @@ def test_shipped_recipes_build_and_step(path, tmp_path, local_towers, monkeypatc
     if recipe.model.preset is None:
         overrides += ["--model.vision", str(local_towers / "vision"), "--model.text", str(local_towers / "text")]
     if recipe.model.tokenizer_vocab_size is not None:
-        overrides += ["--tokenizer_vocab_size", "40"]
+        overrides += ["--tokenizer_vocab_size", "40", "--tokenizer_parallel_text", "[]"]
     recipe = recipe.with_overrides(overrides)
 
     trainer = build_trainer(recipe)
@@ -137,6 +139,18 @@ def test_shipped_recipes_build_and_step(path, tmp_path, local_towers, monkeypatc
     trainer.loader.set_epoch(0)
     result = trainer.optimizer_step(next(iter(trainer.loader)))
     assert trainer.step == 1 and not result.skipped and torch.isfinite(torch.tensor(result.loss))
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse_with_registered_loss_terms(path):
+    import seeyou_ml.training.adapters  # noqa: F401  (registers the distillation loss terms)
+    from seeyou_ml.training.objectives import LOSS_TERMS
+
+    recipe = TrainingRecipe.from_yaml(path)
+    assert recipe.total_steps > 0
+    assert recipe.losses and set(recipe.losses) <= set(LOSS_TERMS)
+    # Adapter recipes distil from parallel text; every other recipe trains image-text contrastively.
+    assert ("contrastive_loss" in recipe.losses) == (recipe.adapters is None)
 
 
 def test_train_entry_points_print_the_resolved_recipe(capsys):

@@ -11,7 +11,8 @@ from .evaluator import (
     text_to_text_recall,
     zero_shot_accuracy,
 )
-from .report import format_table, save_plots
+from .parallel import compare_parallel_text, parallel_text_recall
+from .report import format_adapter_table, format_table, save_plots
 from .retrieval import bidirectional_topk, recall_from_topk, retrieval_recall
 
 RETRIEVAL_METRIC_PATH = str(Path(__file__).parent / "metrics" / "retrieval_recall")
@@ -21,13 +22,16 @@ __all__ = [
     "RETRIEVAL_METRIC_PATH",
     "CorpusEmbeddings",
     "bidirectional_topk",
+    "compare_parallel_text",
     "corpus_fingerprint",
     "embed_corpus",
     "embed_images",
     "embed_texts",
     "evaluate_retrieval",
+    "format_adapter_table",
     "format_table",
     "load_embeddings",
+    "parallel_text_recall",
     "recall_from_topk",
     "retrieval_recall",
     "save_embeddings",

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..adapters import BASE_ADAPTER, language_adapters
 from ..data.columns import read_columns
 from ..data.images import load_image
 from .cache import CorpusEmbeddings, corpus_fingerprint, load_embeddings, save_embeddings
@@ -56,7 +57,14 @@ def embed_images(model, processor, images: Sequence[Any], batch_size: int = 64, 
 
 
 @torch.inference_mode()
-def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+def embed_texts(
+    model,
+    processor,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    progress: bool = True,
+    langs: Sequence[str | None] | None = None,
+) -> torch.Tensor:
     """Caption embeddings with `model.get_text_features(input_ids, attention_mask).pooler_output`.
 
     Args:
@@ -65,6 +73,8 @@ def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 256, p
         texts: the captions.
         batch_size: captions per forward pass.
         progress: show a progress bar.
+        langs: the language of every caption, passed as `lang=` so that each goes through its language adapter
+            (`seeyou_ml.adapters`); None passes none.
 
     Returns:
         (M, D) float32 embeddings on the CPU.
@@ -73,8 +83,9 @@ def embed_texts(model, processor, texts: Sequence[str], batch_size: int = 256, p
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc="embedding captions", disable=not progress):
         encoded = processor(text=list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
+        routing = {} if langs is None else {"lang": list(langs[start : start + batch_size])}
         features = model.get_text_features(
-            input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device)
+            input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device), **routing
         )
         out.append(features.pooler_output.float().cpu())
     dim = model.config.projection_dim if not out else out[0].shape[1]
@@ -113,7 +124,7 @@ def embed_corpus(
         progress: show progress bars.
 
     Returns:
-        [`CorpusEmbeddings`].
+        [`CorpusEmbeddings`]; captions went through their language's adapter where the model has one.
     """
     columns = read_columns(dataset, ["caption", "lang", "image_id"])
     image_ids = [str(image_id) for image_id in columns["image_id"]]
@@ -131,7 +142,8 @@ def embed_corpus(
         images = [dataset["image"][row] for row in first_rows]
     embeddings = CorpusEmbeddings(
         image_embeds=embed_images(model, processor, images, batch_size, progress),
-        text_embeds=embed_texts(model, processor, captions, 4 * batch_size, progress),
+        text_embeds=embed_texts(model, processor, captions, 4 * batch_size, progress,
+                                langs=langs if _adapter_languages(model) else None),
         text_to_image=owners,
         image_ids=distinct_ids,
         langs=langs,
@@ -256,6 +268,7 @@ def evaluate_retrieval(
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 2048,
     progress: bool = True,
+    compare_adapters: bool = True,
 ) -> dict[str, Any]:
     """Per-language retrieval, cross-lingual text→text retrieval and zero-shot classification (module docstring).
 
@@ -272,13 +285,16 @@ def evaluate_retrieval(
         cache_dir: reuse corpus embeddings saved there (see [`embed_corpus`]).
         chunk_size: score tile side for the recall kernel.
         progress: show progress bars.
+        compare_adapters: when the model has language adapters (`seeyou_ml.adapters`), captions go through their
+            language's adapter, and the languages that have one are also scored through the base weights.
 
     Returns:
         A JSON-serialisable dict: `languages`, `num_images`, `num_captions`, `per_language` (`{lang: {metric:
         value}}` with `image_to_text/R@k`, `text_to_image/R@k`, `rsum`, `num_images`, `num_captions`), `mean` (over
         languages), and when asked `text_to_text` (`{"R@k": {A: {B: value}}}`), `text_to_text_mean` (`{"R@k":
-        mean over pairs}`) and `zero_shot` (`{lang: {"accuracy", "classes"}}` plus `"mean"`). Recalls and accuracy
-        are percentages.
+        mean over pairs}`), `zero_shot` (`{lang: {"accuracy", "classes"}}` plus `"mean"`) and, for a model with
+        adapters, `without_adapters` (`languages`, `per_language` and `mean` of the languages with an adapter,
+        their captions embedded by the base weights). Recalls and accuracy are percentages.
 
     Example:
 
@@ -313,6 +329,10 @@ def evaluate_retrieval(
         results["per_language"][lang] = {**scores, "num_images": len(images), "num_captions": len(rows)}
     results["mean"] = _mean([{k: v for k, v in row.items() if not k.startswith("num_")}
                              for row in results["per_language"].values()])
+    adapted = [lang for lang in languages if lang in _adapter_languages(model)]
+    if compare_adapters and adapted:
+        results["without_adapters"] = _without_adapters(model, processor, dataset, embeddings, adapted, ks,
+                                                        4 * batch_size, chunk_size, progress)
     if text_to_text and len(languages) > 1:
         matrices = text_to_text_recall(embeddings, languages, ks, chunk_size)
         results["text_to_text"] = matrices
@@ -330,6 +350,25 @@ def evaluate_retrieval(
         zero_shot["mean"] = {"accuracy": sum(r["accuracy"] for r in zero_shot.values()) / len(zero_shot)}
         results["zero_shot"] = zero_shot
     return results
+
+
+def _adapter_languages(model) -> list[str]:
+    return language_adapters(model) if hasattr(model, "text_model") else []
+
+
+def _without_adapters(model, processor, dataset, embeddings: CorpusEmbeddings, languages: list[str],
+                      ks: Sequence[int], batch_size: int, chunk_size: int, progress: bool) -> dict[str, Any]:
+    """Per-language retrieval of `languages` with their captions embedded through the base weights."""
+    captions = list(read_columns(dataset, ["caption"])["caption"])
+    per_language = {}
+    for lang in languages:
+        rows, images, owners = _language_subset(embeddings, lang)
+        texts = embed_texts(model, processor, [captions[i] for i in rows.tolist()], batch_size, progress,
+                            langs=[BASE_ADAPTER] * len(rows))
+        scores = retrieval_recall(embeddings.image_embeds[images], texts, owners, ks=ks, chunk_size=chunk_size)
+        per_language[lang] = {**scores, "num_images": len(images), "num_captions": len(rows)}
+    return {"languages": languages, "per_language": per_language,
+            "mean": _mean([{k: v for k, v in row.items() if not k.startswith("num_")} for row in per_language.values()])}
 
 
 __all__ = [

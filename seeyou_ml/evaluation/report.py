@@ -10,6 +10,7 @@ from typing import Any
 TEXT_TO_TEXT_PNG = "text_to_text_r1.png"
 RECALL_BARS_PNG = "recall_per_language.png"
 ZERO_SHOT_PNG = "zero_shot_accuracy.png"
+ADAPTERS_PNG = "adapters_r1.png"
 
 
 def _cut_offs(results: dict[str, Any]) -> list[str]:
@@ -37,7 +38,37 @@ def format_table(results: dict[str, Any]) -> str:
     if zero_shot:
         grid = [["zero-shot", "accuracy"]] + [[lang, f"{r['accuracy']:.1f}"] for lang, r in zero_shot.items()]
         lines += ["", _align(grid)]
+    if results.get("without_adapters"):
+        grid = [["R@1 adapter vs base", "I→T base", "I→T adapter", "T→I base", "T→I adapter"]]
+        for lang, base in results["without_adapters"]["per_language"].items():
+            adapted = results["per_language"][lang]
+            grid.append([lang] + [f"{scores[f'{d}/R@1']:.1f}" for d in ("image_to_text", "text_to_image")
+                                  for scores in (base, adapted)])
+        lines += ["", _align(grid)]
     return "\n".join(lines)
+
+
+def _adapter_pairs(results: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """`{label: (without, with)}` R@1 of the languages with an adapter: image–text retrieval (`without_adapters`)
+    and parallel text (`compare_parallel_text` results under `parallel_text`)."""
+    pairs = {}
+    for lang, base in results.get("without_adapters", {}).get("per_language", {}).items():
+        adapted = results["per_language"][lang]
+        for direction, short in (("image_to_text", "I→T"), ("text_to_image", "T→I")):
+            pairs[f"{lang} {short}"] = (base[f"{direction}/R@1"], adapted[f"{direction}/R@1"])
+    for lang, entry in results.get("parallel_text", {}).get("per_language", {}).items():
+        if entry["adapter"]:
+            for direction, short in (("en_to_xx", f"en→{lang}"), ("xx_to_en", f"{lang}→en")):
+                pairs[short] = (entry["base"][f"{direction}/R@1"], entry["adapter_scores"][f"{direction}/R@1"])
+    return pairs
+
+
+def format_adapter_table(results: dict[str, Any]) -> str:
+    """R@1 without and with each language's adapter, one row per language and direction."""
+    grid = [["R@1", "base", "adapter", "gain"]]
+    grid += [[label, f"{base:.1f}", f"{adapted:.1f}", f"{adapted - base:+.1f}"]
+             for label, (base, adapted) in _adapter_pairs(results).items()]
+    return _align(grid)
 
 
 def _align(grid: list[list[str]]) -> str:
@@ -50,8 +81,9 @@ def save_plots(results: dict[str, Any], directory: str | os.PathLike) -> list[Pa
     """Saves PNG figures of `evaluate_retrieval` results into `directory`.
 
     Figures: per-language R@k bars for both directions (`recall_per_language.png`), the text→text R@1 heatmap over
-    language pairs (`text_to_text_r1.png`, when computed) and zero-shot accuracy per prompt language
-    (`zero_shot_accuracy.png`, when computed).
+    language pairs (`text_to_text_r1.png`, when computed), zero-shot accuracy per prompt language
+    (`zero_shot_accuracy.png`, when computed) and R@1 without and with each language adapter (`adapters_r1.png`,
+    for a model with adapters).
 
     Returns:
         The paths written.
@@ -68,7 +100,31 @@ def save_plots(results: dict[str, Any], directory: str | os.PathLike) -> list[Pa
         written.append(_text_to_text_heatmap(plt, results, folder / TEXT_TO_TEXT_PNG))
     if results.get("zero_shot"):
         written.append(_zero_shot_bars(plt, results, folder / ZERO_SHOT_PNG))
+    if _adapter_pairs(results):
+        written.append(_adapter_bars(plt, results, folder / ADAPTERS_PNG))
     return written
+
+
+def _save(plt, figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _adapter_bars(plt, results: dict[str, Any], path: Path) -> Path:
+    pairs = _adapter_pairs(results)
+    labels = list(pairs)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.7 * len(labels) + 2.0), 3.8))
+    for offset, (index, name) in zip((-0.2, 0.2), enumerate(("base", "adapter"))):
+        bars = axis.bar([x + offset for x in range(len(labels))], [pairs[k][index] for k in labels], 0.4, label=name)
+        axis.bar_label(bars, fmt="%.0f", fontsize=7)
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("R@1 (%)")
+    axis.set_title("Without and with each language's adapter")
+    axis.legend(fontsize=8)
+    return _save(plt, figure, path)
 
 
 def _recall_bars(plt, results: dict[str, Any], path: Path) -> Path:
@@ -89,10 +145,7 @@ def _recall_bars(plt, results: dict[str, Any], path: Path) -> Path:
         axis.legend(loc="upper center", ncol=len(cuts), fontsize=8)
     axes[0].set_ylabel("recall (%)")
     figure.suptitle("Retrieval recall per language")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _text_to_text_heatmap(plt, results: dict[str, Any], path: Path) -> Path:
@@ -113,10 +166,7 @@ def _text_to_text_heatmap(plt, results: dict[str, Any], path: Path) -> Path:
     axis.set_ylabel("query language")
     axis.set_title("Text → text R@1 (%)")
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _zero_shot_bars(plt, results: dict[str, Any], path: Path) -> Path:
@@ -131,10 +181,8 @@ def _zero_shot_bars(plt, results: dict[str, Any], path: Path) -> Path:
     axis.set_ylabel("top-1 accuracy (%)")
     axis.set_title("Zero-shot classification per prompt language")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
-__all__ = ["RECALL_BARS_PNG", "TEXT_TO_TEXT_PNG", "ZERO_SHOT_PNG", "format_table", "save_plots"]
+__all__ = ["ADAPTERS_PNG", "RECALL_BARS_PNG", "TEXT_TO_TEXT_PNG", "ZERO_SHOT_PNG", "format_adapter_table",
+           "format_table", "save_plots"]

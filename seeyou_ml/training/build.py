@@ -164,12 +164,15 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
     from transformers import AutoTokenizer
 
     from ..data.columns import read_columns
+    from ..data.parallel import load_parallel_text
     from ..data.tokenizer import train_sentencepiece_tokenizer
 
     folder = Path(recipe.output_dir) / "tokenizer"
     with accelerator.main_process_first():
         if not (folder / "tokenizer_config.json").exists():
-            captions = read_columns(train, ["caption"])["caption"]
+            captions = list(read_columns(train, ["caption"])["caption"])
+            for path in recipe.model.tokenizer_parallel_text:
+                captions += load_parallel_text(path, split="train").translation
             logger.warning(f"Training a {recipe.model.tokenizer_vocab_size}-piece SentencePiece tokenizer on "
                            f"{len(captions)} captions into {folder}.")
             train_sentencepiece_tokenizer(captions, vocab_size=recipe.model.tokenizer_vocab_size).save_pretrained(
@@ -183,6 +186,10 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         # A wrong or damaged checkpoint is reported before the corpus is loaded and the model built.
         resume_candidates(recipe.resume_from, recipe.output_dir)
     accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
+    if recipe.adapters is not None:
+        from .adapters import build_adapter_trainer
+
+        return build_adapter_trainer(recipe, accelerator)
     with accelerator.main_process_first():
         # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
         train = load_split(recipe.data, recipe.data.train_split)

@@ -133,6 +133,12 @@ class ModelConfig:
                   "help": "`tiny` preset only: train a SentencePiece tokenizer of this size on the training captions "
                           "(kept in <output_dir>/tokenizer and reused on resume) instead of the scenes tokenizer."},
     )
+    tokenizer_parallel_text: list = field(
+        default_factory=list,
+        metadata={"help": "With tokenizer_vocab_size: parallel-text files (`en-<lang>.jsonl`) whose translations, "
+                          "training part only (the last 200 pairs are held out), join the captions the tokenizer "
+                          "learns from, so it covers the scripts of languages that have few captions."},
+    )
     image_processor: Optional[str] = field(
         default=None, metadata={"help": "Image processor to load; null = the vision checkpoint."}
     )
@@ -266,6 +272,38 @@ class EvalConfig:
 
 
 @dataclass
+class AdaptersConfig:
+    """Per-language LoRA adapters trained on a frozen base model by distillation from parallel text
+    (`seeyou_ml.training.adapters`): the teacher is the base model's embedding of the English side, the student the
+    adapter-routed embedding of the translation. The loss terms are `distillation_mse_loss` and
+    `distillation_contrastive_loss` in `losses:`."""
+
+    base: str = field(
+        default="outputs/flickr8k-multi",
+        metadata={"help": "Folder of the trained model the adapters start from (a save_pretrained output with its "
+                          "processor); it stays frozen."},
+    )
+    train_languages: list = field(
+        default_factory=list, metadata={"help": "Languages (ISO 639-1) to train an adapter for, one each."}
+    )
+    parallel_text: str = field(
+        default="../shared/data/flickr8k-multi/parallel/en-{lang}.jsonl",
+        metadata={"help": "Parallel-text file of each language, `{lang}` standing for its code; JSON lines "
+                          "{\"en\": ..., \"<lang>\": ...}."},
+    )
+    validation_pairs: int = field(
+        default=200, metadata={"help": "Pairs at the end of every parallel file held out for the evaluation."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled alpha/r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' input."})
+    target_modules: list = field(
+        default_factory=lambda: ["word_embeddings", "query", "key", "value", "dense"],
+        metadata={"help": "Text-tower modules the adapters adapt."},
+    )
+
+
+@dataclass
 class TrainingRecipe:
     """Everything a training run needs; written resolved to `<output_dir>/recipe.yaml`.
 
@@ -326,6 +364,11 @@ class TrainingRecipe:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    adapters: Optional[AdaptersConfig] = field(
+        default=None,
+        metadata={"help": "Train per-language adapters on a frozen base model instead of the model section's model; "
+                          "null for ordinary training."},
+    )
 
     def __post_init__(self):
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
@@ -381,6 +424,7 @@ class TrainingRecipe:
 
 
 __all__ = [
+    "AdaptersConfig",
     "CheckpointConfig",
     "DataConfig",
     "EvalConfig",

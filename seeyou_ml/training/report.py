@@ -15,10 +15,12 @@ def print_summary(output: TrainOutput) -> None:
           "non-finite steps skipped.")
     print(f"Model, processor and recipe in {output.output_dir}")
     if output.metrics:
-        from ..evaluation import format_table
+        from ..evaluation import format_adapter_table, format_table
 
         if "per_language" in output.metrics:
             print(format_table(output.metrics))
+        if "parallel_text" in output.metrics or "without_adapters" in output.metrics:
+            print(format_adapter_table(output.metrics))
         print(f"Retrieval results: {output.output_dir / RESULTS_NAME}")
 
 

@@ -383,7 +383,7 @@ class Trainer:
             cached = cache_embeddings(self.unwrapped, batch, self.sub_batch_size, accelerator.autocast)
             outputs = cached.embeddings
         else:
-            outputs = self.model(**{k: batch[k] for k in FORWARD_KEYS if k in batch})
+            outputs = self.forward_batch(batch)
         total, terms = compute_losses(outputs, batch, self.unwrapped, weights)
 
         # Every process must agree on skipping, or the gradient all-reduce would hang.
@@ -414,6 +414,11 @@ class Trainer:
         }
         embeddings = {k: outputs[k].detach() for k in ("image_embeds", "text_embeds")}
         return loss, term_values, embeddings
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+        """What the loss terms read for `batch` (at least `image_embeds` and `text_embeds`, (b, D)): the model's
+        output; a subclass may compute it otherwise (e.g. distillation, `seeyou_ml.training.adapters`)."""
+        return self.model(**{k: batch[k] for k in FORWARD_KEYS if k in batch})
 
     # ---- the loop ------------------------------------------------------------------------------------------------
 
