@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
-from seeyou_ml import ContrastiveLoss, contrastive_loss
+from seeyou_ml.data.augment_image import MixUp
+from seeyou_ml.losses import contrastive_loss, soft_contrastive_loss
 from seeyou_ml.presets import tiny_config
 
 
@@ -30,7 +32,6 @@ def test_symmetric_infonce_against_a_hand_computed_3x3_example():
     ]
     expected = (sum(image_to_text) / 3 + sum(text_to_image) / 3) / 2
     assert contrastive_loss(images, texts, scale).item() == pytest.approx(expected, abs=1e-6)
-    assert ContrastiveLoss()(images, texts, scale)["contrastive_loss"].item() == pytest.approx(expected, abs=1e-6)
 
 
 def _free_port() -> int:
@@ -90,3 +91,27 @@ def test_two_processes_match_one_process_on_the_full_batch(tmp_path):
     torch.testing.assert_close(distributed["loss"], loss.detach(), atol=1e-5, rtol=0)
     torch.testing.assert_close(distributed["grads"], _projection_grads(model), atol=1e-5, rtol=0)
     assert _projection_grads(model).abs().sum() > 0
+
+
+def test_soft_loss_with_identity_targets_is_the_clip_loss():
+    logits = torch.randn(6, 6)
+    labels = torch.arange(6)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    torch.testing.assert_close(soft_contrastive_loss(logits, torch.eye(6)), expected)
+
+
+def test_soft_loss_weights_both_captions_of_a_mixed_image():
+    logits = torch.randn(4, 4)
+    targets = MixUp.targets(0.7, torch.tensor([1, 0, 3, 2]))
+    log_p_image = F.log_softmax(logits, -1)
+    log_p_text = F.log_softmax(logits.T, -1)
+    image_loss = -(0.7 * log_p_image.diagonal() + 0.3 * log_p_image[torch.arange(4), [1, 0, 3, 2]]).mean()
+    text_loss = -(0.7 * log_p_text.diagonal() + 0.3 * log_p_text[torch.arange(4), [1, 0, 3, 2]]).mean()
+    torch.testing.assert_close(soft_contrastive_loss(logits, targets), (image_loss + text_loss) / 2)
+
+
+def test_soft_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"square \(N, N\) logits"):
+        soft_contrastive_loss(torch.randn(2, 4), torch.eye(2))
+    with pytest.raises(ValueError, match=r"targets \(3, 3\) must match"):
+        soft_contrastive_loss(torch.randn(2, 2), torch.eye(3))

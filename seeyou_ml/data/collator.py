@@ -127,7 +127,7 @@ class SeeYouCollator:
 
     - `boxes` (with `return_boxes=True`): list of B float tensors (n_i, 4), `[x0, y0, x1, y1]` in the processed
       image's pixels (clipped to it); (0, 4) for records without boxes.
-    - `mixup_targets` (with `mixup`): (B, B) soft image-to-text targets for `soft_contrastive_loss`; rows sum to 1.
+    - `mixup_targets` (with `mixup`): (B, B) soft image-to-text targets for `seeyou_ml.losses.soft_contrastive_loss`; rows sum to 1.
 
     Augmentations draw from the global torch RNG, which `DataLoader` seeds per worker; pass `generator=` to the
     DataLoader for reproducible runs.

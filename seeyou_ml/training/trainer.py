@@ -42,7 +42,7 @@ from .checkpointing import load_checkpoint, resolve_resume_path, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
-from .objectives import active_weights, check_loss_terms, compute_losses, logit_scale_of
+from ..losses import active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
 from .stages import StageController
 

@@ -1,10 +1,11 @@
-"""Loss terms of a training run, by name, and which of them count at a given step.
+"""Loss terms of a training run, by name, and which of them count at a given step: the one way to add a loss.
 
-As in OpenCLIP, every term is an entry whose name ends in `_loss` and the training loss is their weighted sum. A term
-is a function `term(outputs, batch, model) -> scalar` registered with [`register_loss_term`]: `outputs` maps
-`image_embeds` / `text_embeds` (B, D) (the model's output, or the cached embeddings of a GradCache step) and `batch`
-is the collated batch. Terms marked `embeddings_only=False` need the model's full output and cannot run with
-GradCache sub-batching. The recipe's `losses:` section gives every term a weight and the step at which it starts.
+As in OpenCLIP, every term is an entry whose name ends in `_loss` and the training loss is the weighted sum of the
+entries. A term is a function `term(outputs, batch, model) -> scalar` registered with [`register_loss_term`]:
+`outputs` maps `image_embeds` / `text_embeds` (B, D) (the model's output, or the cached embeddings of a GradCache step)
+and whatever else the model returned, and `batch` is the collated batch. Terms marked `embeddings_only=False` need the
+model's full output and cannot run with GradCache sub-batching. The recipe's `losses:` section gives every term a
+weight and the step at which it starts (any object with `weight` and `start_step`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..data.augment_image import soft_contrastive_loss
-from ..losses import contrastive_loss, gather_no_grad, gather_with_grad
-from ..modeling import image_ids_to_tensor
-from .config import LossTermConfig
+from .contrastive import contrastive_loss, soft_contrastive_loss
+from .distributed import gather_no_grad, gather_padded, gather_with_grad, image_ids_to_tensor
+from .grounding import (
+    attention_iou_loss,
+    box_cell_coverage,
+    box_cxcywh_to_xyxy,
+    box_loss,
+    hard_negative_indices,
+    itm_loss,
+)
+
+LossTermConfig = Any  # a recipe's loss section: anything with `weight` and `start_step`
 
 LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any], nn.Module], torch.Tensor]
 
@@ -77,12 +86,70 @@ def contrastive_term(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, An
     return contrastive_loss(image_embeds, text_embeds, scale, ids)
 
 
+def _require(outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if outputs.get(k) is None and batch.get(k) is None]
+    if missing:
+        raise ValueError(f"{term} needs {missing}: give the model a grounding head (model.grounding_config) and the "
+                         "collator the referring expressions (data.return_phrases), or drop the term from `losses:`.")
+
+
+@register_loss_term("itm_loss", embeddings_only=False)
+def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """Image-text matching with hard negatives from the global batch (ALBEF): each caption with its own image, with
+    an image drawn by similarity, and each image with a caption drawn likewise.
+
+    The draws come from a generator seeded by the global batch's image ids, so every process draws the same.
+    """
+    _require(outputs, batch, "itm_loss", ("itm_logits", "grounding_regions", "grounding_text", "image_id"))
+    ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
+    all_ids = gather_no_grad(ids)  # (B,)
+    generator = torch.Generator().manual_seed(int(all_ids.remainder(2**31).sum()))
+    negative_image, negative_text = hard_negative_indices(
+        outputs["image_embeds"], outputs["text_embeds"], ids, generator
+    )
+    regions = gather_with_grad(outputs["grounding_regions"])  # (B, L, d)
+    text = outputs["grounding_text"]
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+    all_text = gather_padded(text)  # (B, T_max, d)
+    all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
+    head, size = model.grounding_head, outputs["region_size"]
+    negative_image, negative_text = negative_image.to(text.device), negative_text.to(text.device)
+    with_other_image = head.fuse(text, mask, regions[negative_image], size).itm_logits  # (b,)
+    with_other_text = head.fuse(
+        all_text[negative_text], all_mask[negative_text], outputs["grounding_regions"], size
+    ).itm_logits  # (b,)
+    return itm_loss(outputs["itm_logits"], torch.cat([with_other_image, with_other_text]))
+
+
+def _phrase_boxes(batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
+    return batch["phrase_boxes"].to(device=like.device, dtype=torch.float32)  # (b, 4) cx, cy, w, h
+
+
+@register_loss_term("box_loss", embeddings_only=False)
+def box_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """L1 (weight 5) + GIoU (weight 2) between the referring expression's predicted and gold boxes."""
+    _require(outputs, batch, "box_loss", ("pred_boxes", "phrase_boxes"))
+    pred = outputs["pred_boxes"].float()
+    return box_loss(pred, _phrase_boxes(batch, pred))
+
+
+@register_loss_term("attention_iou_loss", embeddings_only=False)
+def attention_iou_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """One minus the soft IoU of the expression's last-layer attention (heads averaged) and its gold box's cells."""
+    _require(outputs, batch, "attention_iou_loss", ("expression_attention", "phrase_boxes"))
+    attention = outputs["expression_attention"].float()  # (b, H*W)
+    mask = box_cell_coverage(box_cxcywh_to_xyxy(_phrase_boxes(batch, attention)), *outputs["region_size"])
+    return attention_iou_loss(attention, mask)
+
+
 def check_loss_terms(losses: Mapping[str, LossTermConfig], sub_batching: bool) -> None:
     """Fails early, naming the fix, for unknown terms or terms that cannot run with GradCache sub-batching."""
     unknown = sorted(set(losses) - set(LOSS_TERMS))
     if unknown:
         raise ValueError(f"Unknown loss term(s) {unknown} in the recipe's `losses:`; registered terms: "
-                         f"{sorted(LOSS_TERMS)} (add one with seeyou_ml.training.objectives.register_loss_term).")
+                         f"{sorted(LOSS_TERMS)} (add one with seeyou_ml.losses.register_loss_term).")
     if not losses:
         raise ValueError("The recipe's `losses:` is empty; give at least `contrastive_loss: {}`.")
     if min(term.start_step for term in losses.values()) > 0:
