@@ -127,6 +127,9 @@ class SeeYouCollator:
 
     - `boxes` (with `return_boxes=True`): list of B float tensors (n_i, 4), `[x0, y0, x1, y1]` in the processed
       image's pixels (clipped to it); (0, 4) for records without boxes.
+    - `phrase_input_ids`, `phrase_attention_mask` (B, P) and `phrase_boxes` (B, 4) (with `return_phrases=True`): each
+      record's referring expression (`phrase`) tokenised, and its first box as `(cx, cy, w, h)` in [0, 1] of the
+      processed image; the first two are `forward` arguments, the boxes are read by the grounding losses.
     - `mixup_targets` (with `mixup`): (B, B) soft image-to-text targets for `seeyou_ml.losses.soft_contrastive_loss`; rows sum to 1.
 
     Augmentations draw from the global torch RNG, which `DataLoader` seeds per worker; pass `generator=` to the
@@ -139,7 +142,9 @@ class SeeYouCollator:
         text_augment ([`TextAugment`], *optional*): E.g. [`SynonymReplacement`], [`BackTranslation`] or a
             [`SequentialTextAugment`] of both; it may change a caption's language, and `lang` reports the new one.
         mixup ([`MixUp`], *optional*): Mixes the processed images and adds `mixup_targets`.
-        return_boxes (`bool`, *optional*, defaults to `False`): Add `boxes` (the model's forward takes none yet).
+        return_boxes (`bool`, *optional*, defaults to `False`): Add `boxes`.
+        return_phrases (`bool`, *optional*, defaults to `False`): Add the referring expressions and their boxes; every
+            record then needs a `phrase` and at least one box.
         channels_last (`bool`, *optional*, defaults to `False`): Return `pixel_values` in channels-last memory
             layout (same values), for a vision tower whose weights are channels-last.
         cache_images (`bool`, *optional*, defaults to `False`): Keep every image's processed pixels, keyed by
@@ -173,25 +178,28 @@ class SeeYouCollator:
         return_boxes: bool = False,
         channels_last: bool = False,
         cache_images: bool = False,
+        return_phrases: bool = False,
     ):
         if cache_images and image_augment is not None:
             raise ValueError(
                 f"cache_images=True with image_augment={image_augment!r}: cached pixels would repeat one augmented "
                 "draw; drop one of them."
             )
-        if return_boxes and image_augment is not None and getattr(image_augment, "is_geometric", True):
+        boxes_flag = "return_boxes" if return_boxes else "return_phrases" if return_phrases else None
+        if boxes_flag and image_augment is not None and getattr(image_augment, "is_geometric", True):
             raise ValueError(
-                f"return_boxes=True with image_augment={image_augment!r}, which may move pixels and leave the boxes "
+                f"{boxes_flag}=True with image_augment={image_augment!r}, which may move pixels and leave the boxes "
                 "behind; use RandAugment(ops=PHOTOMETRIC_OPS), or give a custom augmentation is_geometric = False."
             )
-        if return_boxes and mixup is not None:
-            raise ValueError("return_boxes=True with mixup: a mixed image holds two images' objects; drop one of them.")
+        if boxes_flag and mixup is not None:
+            raise ValueError(f"{boxes_flag}=True with mixup: a mixed image holds two images' objects; drop one of them.")
         self.processor = processor
         self.max_length = max_length
         self.image_augment = image_augment
         self.text_augment = text_augment
         self.mixup = mixup
         self.return_boxes = return_boxes
+        self.return_phrases = return_phrases
         self.channels_last = channels_last
         self.cache_images = cache_images
         # image_id -> (processed pixels (3, H, W), input size (width, height))
@@ -213,6 +221,18 @@ class SeeYouCollator:
         limit = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
         return torch.minimum((boxes * scale - offset).clamp(min=0.0), limit)
 
+    def _phrase(self, index: int, record: Mapping[str, Any], size: tuple[int, int]) -> tuple[str, torch.Tensor]:
+        """The record's referring expression and its first box as `(cx, cy, w, h)` in [0, 1] of the processed image."""
+        phrase, boxes = record.get("phrase"), record.get("boxes")
+        if not phrase or not boxes:
+            raise ValueError(
+                f"record {index} of the batch (image_id {record.get('image_id')!r}) has no referring expression "
+                "(`phrase` and `boxes`); return_phrases needs both in every record (the scenes corpus has them)."
+            )
+        out_w, out_h = processed_frame(self.processor.image_processor, *size)[4:]
+        x0, y0, x1, y1 = (self._scaled_boxes(boxes[:1], *size)[0] / torch.tensor([out_w, out_h, out_w, out_h])).tolist()
+        return phrase, torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Collates records.
 
@@ -226,6 +246,7 @@ class SeeYouCollator:
         if not records:
             raise ValueError("SeeYouCollator got an empty batch; check the sampler's batch_size and drop_last.")
         images, sizes, captions, langs, image_ids, boxes = [], [], [], [], [], []
+        phrases, phrase_boxes = [], []
         for index, record in enumerate(records):
             self._check(index, record)
             image_id = str(record["image_id"])
@@ -241,6 +262,10 @@ class SeeYouCollator:
                     image = self.image_augment(image)
             if self.return_boxes:
                 boxes.append(self._scaled_boxes(record.get("boxes"), *size))
+            if self.return_phrases:
+                phrase, box = self._phrase(index, record, size)
+                phrases.append(phrase)
+                phrase_boxes.append(box)
             images.append(image)
             sizes.append(size)
             captions.append(caption)
@@ -265,6 +290,13 @@ class SeeYouCollator:
                     f"mapping expects {expected[0]}x{expected[1]}; its resize rule is not supported with return_boxes."
                 )
             batch["boxes"] = boxes
+        if self.return_phrases:
+            encoded = self.processor(
+                text=phrases, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
+            )
+            batch["phrase_input_ids"] = encoded["input_ids"]
+            batch["phrase_attention_mask"] = encoded["attention_mask"]
+            batch["phrase_boxes"] = torch.stack(phrase_boxes)  # (B, 4)
         if self.mixup is not None:
             batch["pixel_values"], batch["mixup_targets"] = self.mixup(batch["pixel_values"])
         if self.channels_last:
@@ -290,5 +322,6 @@ class SeeYouCollator:
         return (
             f"SeeYouCollator(max_length={self.max_length}, image_augment={self.image_augment!r}, "
             f"text_augment={self.text_augment!r}, mixup={self.mixup!r}, return_boxes={self.return_boxes}, "
-            f"channels_last={self.channels_last}, cache_images={self.cache_images})"
+            f"channels_last={self.channels_last}, cache_images={self.cache_images}, "
+            f"return_phrases={self.return_phrases})"
         )

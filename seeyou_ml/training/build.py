@@ -107,7 +107,7 @@ def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last
 
         augmentations = vars(build_augmentations(AugmentationConfig.from_dict(config.augment)))
     return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last,
-                          cache_images=config.cache_images, **augmentations)
+                          cache_images=config.cache_images, return_phrases=config.return_phrases, **augmentations)
 
 
 def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:

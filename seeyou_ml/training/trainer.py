@@ -48,7 +48,8 @@ from .stages import StageController
 
 logger = logging.getLogger(__name__)
 
-FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "lang", "image_id")
+FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "lang", "image_id", "phrase_input_ids",
+                "phrase_attention_mask")
 HISTORY_NAME = "history.jsonl"
 RESULTS_NAME = "retrieval_results.json"
 RECIPE_NAME = "recipe.yaml"
