@@ -2,8 +2,8 @@
 
 - Box regression: L1 plus generalised IoU on `(cx, cy, w, h)` boxes in [0, 1], weighted 5 and 2 as DETR (Carion et
   al. 2020) and MDETR (Kamath et al. 2021) weight them; GIoU after Rezatofighi et al. (2019).
-- Attention localisation: one minus the soft IoU between a phrase's cross-attention map (scaled to a peak of 1) and
-  the share of each feature-map cell that the gold box covers.
+- Attention localisation: one minus the soft IoU (`sum(min) / sum(max)`, the fuzzy Jaccard index) between a
+  phrase's cross-attention map, scaled to a peak of 1, and the share of each feature-map cell that the gold box covers.
 - Image-text matching with hard negatives (ALBEF, Li et al. 2021): for every text one negative image and for every
   image one negative text, drawn with probability softmax(similarity) over the non-positives of the global batch,
   then binary cross-entropy over the positive and the negative pairs.
@@ -109,7 +109,8 @@ def box_cell_coverage(boxes: torch.Tensor, height: int, width: int) -> torch.Ten
 
 
 def attention_iou(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Soft IoU `sum(a m) / sum(a + m - a m)` of attention maps and soft masks, the map first scaled to a peak of 1.
+    """Soft IoU `sum(min(a, m)) / sum(max(a, m))` of attention maps and soft masks, the map first scaled to a peak
+    of 1 (so a map shaped like the mask scores 1, whatever its total).
 
     Args:
         attention: (N, L) non-negative maps over L cells (e.g. a softmax over the feature map).
@@ -119,9 +120,7 @@ def attention_iou(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         (N,) soft IoU in [0, 1]; 1 when the scaled map equals the mask.
     """
     scaled = attention / attention.amax(dim=-1, keepdim=True).clamp(min=1e-9)  # (N, L)
-    inter = (scaled * mask).sum(-1)
-    union = (scaled + mask - scaled * mask).sum(-1)
-    return inter / union.clamp(min=1e-9)
+    return torch.minimum(scaled, mask).sum(-1) / torch.maximum(scaled, mask).sum(-1).clamp(min=1e-9)
 
 
 def attention_iou_loss(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
