@@ -214,4 +214,81 @@ class GroundingHead(nn.Module):
         return self.fuse(self.encode_text(text_states), text_mask, regions, size, expression_mask)
 
 
-__all__ = ["GroundingHead", "GroundingHeadOutput", "cell_centres", "position_code", "region_grid"]
+@dataclass
+class GroundingResult:
+    """What [`ground`] finds for each (image, text) pair.
+
+    Args:
+        boxes: (N, 4) `(x0, y0, x1, y1)` in the pixels of each original image.
+        scores: (N,) image-text matching probability (sigmoid of the matching logit).
+        attention: (N, H, W) the expression's last-layer cross-attention (heads and tokens averaged) on the head's grid.
+        points: (N, 2) `(x, y)` in original pixels where the attention, upsampled bilinearly to the processed
+            image, peaks (pointing).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    attention: torch.Tensor
+    points: torch.Tensor
+
+
+@torch.no_grad()
+def ground(model, processor, images: list, texts: list[str]) -> GroundingResult:
+    """Finds what each text refers to in its image with a model's grounding head.
+
+    Args:
+        model: a [`SeeYouModel`] with a grounding head.
+        processor: its [`SeeYouProcessor`].
+        images: N images (PIL images, paths, or anything the corpora's `image` column holds).
+        texts: N referring expressions; text i is grounded in image i.
+
+    Returns:
+        [`GroundingResult`], in the original images' pixels.
+    """
+    from .data.collator import load_image, processed_frame
+
+    if getattr(model, "grounding_head", None) is None:
+        raise ValueError("this model has no grounding head; train one with `grounding_config` set in its config.")
+    if len(images) != len(texts):
+        raise ValueError(f"ground got {len(images)} images and {len(texts)} texts; give one text per image.")
+    pil = [load_image(image) for image in images]
+    device = next(model.parameters()).device
+    pixel_values = processor(images=pil, return_tensors="pt")["pixel_values"].to(device)
+    encoded = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True).to(device)
+    text_states = model.get_text_features(encoded["input_ids"], encoded["attention_mask"]).last_hidden_state
+    vision = model.get_image_features(pixel_values)
+    out = model.grounding_head(text_states, encoded["attention_mask"], model.grounding_feature_map(vision))
+    height, width = region_grid(model.grounding_feature_map(vision))[1]
+    attention = out.expression_attention.float().view(-1, 1, height, width)  # (N, H*W) -> (N, 1, H, W)
+    out_h, out_w = pixel_values.shape[-2:]
+    upsampled = F.interpolate(attention, size=(out_h, out_w), mode="bilinear", align_corners=False).flatten(1)
+    peak = upsampled.argmax(dim=-1)  # (N,), index into the processed image's pixels
+    boxes, points = [], []
+    for i, image in enumerate(pil):
+        scale_x, scale_y, offset_x, offset_y, frame_w, frame_h = processed_frame(processor.image_processor, *image.size)
+        cx, cy, w, h = out.pred_boxes[i].float().cpu().tolist()
+        # (cx, cy, w, h) in [0, 1] of the processed image -> its pixels -> the original image's pixels.
+        corners = torch.tensor([(cx - w / 2) * frame_w, (cy - h / 2) * frame_h, (cx + w / 2) * frame_w,
+                                (cy + h / 2) * frame_h])
+        offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
+        scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
+        boxes.append((corners + offset) / scale)
+        row, col = divmod(int(peak[i]), out_w)
+        points.append(torch.tensor([(col + 0.5 + offset_x) / scale_x, (row + 0.5 + offset_y) / scale_y]))
+    return GroundingResult(
+        boxes=torch.stack(boxes),
+        scores=torch.sigmoid(out.itm_logits.float()).cpu(),
+        attention=attention[:, 0].cpu(),
+        points=torch.stack(points),
+    )
+
+
+__all__ = [
+    "GroundingHead",
+    "GroundingHeadOutput",
+    "GroundingResult",
+    "cell_centres",
+    "ground",
+    "position_code",
+    "region_grid",
+]

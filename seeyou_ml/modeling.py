@@ -320,6 +320,21 @@ class SeeYouModel(SeeYouPreTrainedModel):
             )
         return outputs
 
+    def ground(self, images: list, texts: list[str], processor: Any) -> Any:
+        """Finds what each text refers to in its image: boxes in the original images' pixels, matching scores and
+        attention maps (see [`seeyou_ml.grounding.ground`]).
+
+        Example:
+
+        ```python
+        >>> result = model.ground([image], ["the red circle left of the blue square"], processor)  # doctest: +SKIP
+        >>> result.boxes  # (1, 4) x0, y0, x1, y1 in the image's pixels  # doctest: +SKIP
+        ```
+        """
+        from .grounding import ground
+
+        return ground(self, processor, images, texts)
+
     @classmethod
     def from_vision_text_pretrained(
         cls,
