@@ -91,6 +91,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse corpus embeddings saved here")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--rerank-top-k", type=int, default=None,
+                        help="re-score each query's top k with the model's matching head and report recall before "
+                             "and after (needs a grounding head)")
 
 
 def _load_data(args: argparse.Namespace):
@@ -126,6 +129,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
+        rerank_top_k=args.rerank_top_k,
         **zero_shot,
     )
     results = {"model": str(args.model), "data": args.data, "split": args.split, **results}
@@ -147,6 +151,40 @@ register_subcommand(
         help="Cross-lingual retrieval (R@1/5/10 per language, text→text, zero-shot) of a saved model on a corpus.",
         add_arguments=_add_evaluate_arguments,
         run=_run_evaluate,
+    )
+)
+
+
+# ---- seeyou ground -----------------------------------------------------------------------------------------------
+
+
+def _add_ground_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="folder written by save_pretrained, with a grounding head")
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--text", required=True, help="referring expression, e.g. 'the red circle left of the star'")
+    parser.add_argument("--output", type=Path, default=Path("grounding.png"), help="PNG to write (grounding.png)")
+
+
+def _run_ground(args: argparse.Namespace) -> int:
+    from transformers import AutoModel, AutoProcessor
+
+    import seeyou_ml  # noqa: F401  (registers the seeyou classes with the Auto* factories)
+
+    from .evaluation.grounding import ground_picture
+
+    model = AutoModel.from_pretrained(args.model).eval()
+    result = ground_picture(model, AutoProcessor.from_pretrained(args.model), args.image, args.text, args.output)
+    box = ", ".join(f"{v:.1f}" for v in result.boxes[0].tolist())
+    print(f"box [{box}]  match {result.scores[0]:.3f}  picture {args.output}")
+    return 0
+
+
+register_subcommand(
+    Subcommand(
+        name="ground",
+        help="Find what a referring expression points at in an image; writes a PNG with the box and attention map.",
+        add_arguments=_add_ground_arguments,
+        run=_run_ground,
     )
 )
 
