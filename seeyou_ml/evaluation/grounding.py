@@ -162,7 +162,10 @@ def grounding_grid(
         raise ValueError(f"the dataset has no rows in language {lang!r} to draw.")
     records = dataset.select(rows)
     result = ground(model, processor, records["image"], records["phrase"])
-    cells = [draw_grounding(records[i]["image"], result, i, "", records[i]["boxes"][0]) for i in range(len(rows))]
+    from ..data.collator import load_image
+
+    cells = [draw_grounding(load_image(records[i]["image"]), result, i, "", records[i]["boxes"][0])
+             for i in range(len(rows))]
     cell_w, cell_h = cells[0].size
     columns = 4
     grid = Image.new("RGB", (columns * cell_w, -(-len(cells) // columns) * (cell_h + 28)), "white")

@@ -230,8 +230,19 @@ def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
     from ..data.scenes import class_prompts
 
     languages = sorted(set(dataset["lang"]))
-    return functools.partial(evaluate_retrieval, label_column="label",
+    return functools.partial(evaluate_scenes, label_column="label",
                              prompts={lang: class_prompts(lang) for lang in languages})
+
+
+def evaluate_scenes(model: Any, processor: Any, dataset: Any, batch_size: int = 64, **kwargs) -> dict:
+    """Retrieval (`evaluate_retrieval`), and grounding under `"grounding"` when the model has a grounding head."""
+    from ..evaluation import evaluate_retrieval
+    from ..evaluation.grounding import evaluate_grounding
+
+    results = evaluate_retrieval(model, processor, dataset, batch_size=batch_size, **kwargs)
+    if getattr(model, "grounding_head", None) is not None:
+        results["grounding"] = evaluate_grounding(model, processor, dataset, batch_size=2 * batch_size)
+    return results
 
 
 __all__ = [
@@ -242,6 +253,7 @@ __all__ = [
     "build_trainer",
     "corpus_tokenizer",
     "encoded_images",
+    "evaluate_scenes",
     "load_split",
     "row_features",
 ]

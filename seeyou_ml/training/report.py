@@ -19,6 +19,11 @@ def print_summary(output: TrainOutput) -> None:
 
         if "per_language" in output.metrics:
             print(format_table(output.metrics))
+        if "grounding" in output.metrics:
+            from ..evaluation.grounding import format_grounding_table
+
+            print()
+            print(format_grounding_table(output.metrics["grounding"]))
         print(f"Retrieval results: {output.output_dir / RESULTS_NAME}")
 
 
