@@ -2,7 +2,7 @@
 
 Two models, random init, batch 16, CPU, fp32:
 - `main`: the main job's model (recipes/scenes-tiny.yaml's model section) with and without its grounding_config;
-- `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with a head sized for their 7x7x2048 map.
+- `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
 A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
 attention-IoU with it), backward and an AdamW update. Each (model, head) arm runs in its own process (so its peak RSS
 is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of each arm, the
@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-R50_HEAD = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8, "intermediate_size": 1024}
 BATCH = 16
 
 
@@ -44,7 +43,10 @@ def build(model_name: str, with_head: bool):
         model, processor = build_model_and_processor(recipe.model)
         image_size = recipe.model.preset_kwargs.get("image_size", 64)
         return model, image_size, len(processor.tokenizer), recipe.model.channels_last
-    config = SeeYouConfig(grounding_config=R50_HEAD if with_head else None)
+    from seeyou_ml.training.config import TrainingRecipe
+
+    gpu = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "coco-karpathy-gpu.yaml")
+    config = SeeYouConfig(grounding_config=gpu.model.config_overrides["grounding_config"] if with_head else None)
     return SeeYouModel(config), 224, config.text_config.vocab_size, False
 
 
