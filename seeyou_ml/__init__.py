@@ -7,8 +7,8 @@ Importing the package registers [`SeeYouConfig`], [`SeeYouModel`] and [`SeeYouPr
 
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
-from .configuration import SeeYouConfig
-from .losses import ContrastiveLoss, contrastive_loss
+from .configuration import SeeYouConfig, SeeYouGroundingConfig
+from .losses import contrastive_loss
 from .modeling import SeeYouModel, SeeYouOutput, SeeYouPreTrainedModel
 from .processing import SeeYouProcessor
 
@@ -20,8 +20,8 @@ AutoModelForZeroShotImageClassification.register(SeeYouConfig, SeeYouModel, exis
 AutoProcessor.register(SeeYouConfig, SeeYouProcessor, exist_ok=True)
 
 __all__ = [
-    "ContrastiveLoss",
     "SeeYouConfig",
+    "SeeYouGroundingConfig",
     "SeeYouModel",
     "SeeYouOutput",
     "SeeYouPreTrainedModel",

@@ -206,6 +206,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapters", type=Path, default=None,
                         help="folder of per-language LoRA adapters (<lang>/adapter_config.json, peft's layout) to "
                              "load onto the model; languages with an adapter are scored with and without it")
+    parser.add_argument("--rerank-top-k", type=int, default=None,
+                        help="re-score each query's top k with the model's matching head and report recall before "
+                             "and after (needs a grounding head)")
 
 
 def _load_data(args: argparse.Namespace):
@@ -263,6 +266,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
+        rerank_top_k=args.rerank_top_k,
         **zero_shot,
     )
     results = {"model": str(args.model), "data": args.data, "split": args.split, **results}
@@ -289,8 +293,35 @@ register_subcommand(
 
 
 # ---- seeyou ground -----------------------------------------------------------------------------------------------
-# Phrase grounding of a saved model (`SeeYouModel.ground` and its picture writer) is registered here, between
-# evaluation and publishing, once the grounding head is part of the model.
+
+
+def _add_ground_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="folder written by save_pretrained, with a grounding head")
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--text", required=True, help="referring expression, e.g. 'the red circle left of the star'")
+    parser.add_argument("--output", type=Path, default=Path("grounding.png"), help="PNG to write (grounding.png)")
+
+
+def _run_ground(args: argparse.Namespace) -> int:
+    from .evaluation.grounding import ground_picture
+
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"--image {args.image}: no such file; give the path of an image.")
+    model, processor = _load_model(args.model, "cpu")
+    result = ground_picture(model, processor, args.image, args.text, args.output)
+    box = ", ".join(f"{v:.1f}" for v in result.boxes[0].tolist())
+    print(f"box [{box}]  match {result.scores[0]:.3f}  picture {args.output}")
+    return 0
+
+
+register_subcommand(
+    Subcommand(
+        name="ground",
+        help="Find what a referring expression points at in an image; writes a PNG with the box and attention map.",
+        add_arguments=_add_ground_arguments,
+        run=_run_ground,
+    )
+)
 
 
 # ---- seeyou push -------------------------------------------------------------------------------------------------

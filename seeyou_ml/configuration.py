@@ -24,6 +24,62 @@ XLM_ROBERTA_BASE_OVERRIDES = {
 
 
 @strict
+class SeeYouGroundingConfig(PreTrainedConfig):
+    r"""
+    Configuration of the grounding head of a [`SeeYouModel`]: fusion layers in which the text tower's token states
+    attend over the vision tower's feature map (ALBEF / X-VLM style).
+
+    Args:
+        hidden_size (`int`, *optional*, defaults to 256):
+            Width of the fusion layers; token states and feature-map cells are projected to it.
+        num_hidden_layers (`int`, *optional*, defaults to 2):
+            Fusion layers, each self-attention over the text, cross-attention to the image regions and an FFN.
+        num_attention_heads (`int`, *optional*, defaults to 4):
+            Heads of both attentions; the cross-attention maps have this many.
+        intermediate_size (`int`, *optional*, defaults to 1024):
+            Hidden width of each FFN.
+        feature_stage (`int`, *optional*, defaults to -1):
+            Which ResNet stage's map the head reads (-1 the last; -2 the one before, twice as fine, for small
+            objects). Vision towers with tokens (ViT) use their last hidden state whatever this says.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the layer norms.
+        num_position_frequencies (`int`, *optional*, defaults to 8):
+            Sine and cosine frequencies of the cells' 2-D position code, so any map size is encoded.
+
+    Example:
+
+    ```python
+    >>> from seeyou_ml import SeeYouConfig
+    >>> config = SeeYouConfig(grounding_config={"hidden_size": 64, "num_hidden_layers": 1})
+    >>> config.grounding_config.hidden_size
+    64
+    ```
+    """
+
+    model_type = "seeyou_grounding"
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    feature_stage: int = -1
+    layer_norm_eps: float = 1e-5
+    num_position_frequencies: int = 8
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"grounding_config.hidden_size={self.hidden_size} is not a multiple of "
+                             f"num_attention_heads={self.num_attention_heads}; change one of them.")
+        if self.num_hidden_layers < 1:
+            raise ValueError(f"grounding_config.num_hidden_layers must be >= 1, got {self.num_hidden_layers}; give "
+                             "grounding_config=None for a model without a head.")
+        if self.feature_stage >= 0:
+            raise ValueError(f"grounding_config.feature_stage counts stages from the end (-1 the last), got "
+                             f"{self.feature_stage}.")
+
+
+@strict
 class SeeYouConfig(PreTrainedConfig):
     r"""
     Configuration of a [`SeeYouModel`]: a vision tower and a multilingual text tower, each an arbitrary Hugging Face
@@ -47,7 +103,7 @@ class SeeYouConfig(PreTrainedConfig):
             Initial value of the learnable log-temperature.
         max_logit_scale (`float`, *optional*, defaults to 100):
             The temperature's inverse is clamped to this value when used, so logits stay bounded.
-        grounding_config (`dict`, *optional*):
+        grounding_config (`dict` or [`SeeYouGroundingConfig`], *optional*):
             Settings of the phrase-grounding cross-attention head; `None` builds no head.
         adapter_languages (`list[str]`, *optional*):
             Languages (ISO 639-1) with a LoRA adapter on the text tower, saved under `adapters/<lang>/` beside the
@@ -77,6 +133,7 @@ class SeeYouConfig(PreTrainedConfig):
         "text_config": SubConfigSpec(
             config_class=AutoConfig, model_type="xlm-roberta", init_kwargs=XLM_ROBERTA_BASE_OVERRIDES
         ),
+        "grounding_config": SubConfigSpec(config_class=SeeYouGroundingConfig, optional=True),
     }
 
     vision_config: PreTrainedConfig | dict | None = None
@@ -86,7 +143,7 @@ class SeeYouConfig(PreTrainedConfig):
     text_pooling: Literal["cls", "mean", "pooler"] = "mean"
     logit_scale_init_value: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
-    grounding_config: dict | None = None
+    grounding_config: SeeYouGroundingConfig | dict | None = None
     initializer_range: float = 0.02
     adapter_languages: list[str] | None = None
 
@@ -116,4 +173,4 @@ class SeeYouConfig(PreTrainedConfig):
 # `trust_remote_code=True` where this package is not installed.
 SeeYouConfig.register_for_auto_class()
 
-__all__ = ["SeeYouConfig"]
+__all__ = ["SeeYouConfig", "SeeYouGroundingConfig"]

@@ -1,14 +1,20 @@
-"""Contrastive image-text losses.
+"""Every loss of the package, and the registry of loss terms a training recipe switches on.
 
-Symmetric InfoNCE as in CLIP (Radford et al. 2021). Across processes the features of every rank are gathered with
-their gradient and each rank scores only its own b rows against all B columns, with its labels offset by its rank
-(OpenCLIP's `gather_with_grad` + `local_loss`): memory per rank is O(b·B), not O(B²), and the gradients equal those
-of one process holding the whole batch.
+- collective helpers: which process this is, all-gathers with and without a gradient path, image ids equal in every
+  process;
+- contrastive: symmetric InfoNCE (hard targets across processes, soft targets for MixUp);
+- grounding: box L1 + GIoU, attention IoU, image-text matching with hard negatives;
+- terms: the named terms (`contrastive_loss`, `itm_loss`, `box_loss`, `attention_iou_loss`) and
+  [`register_loss_term`], the one way to add another.
 
-Loss modules return dicts whose keys end in `_loss`; a training task sums them, so more losses slot in beside.
+One file with no imports from the package, so the modeling files saved beside a model (remote code) carry it.
 """
 
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -16,7 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _distributed() -> tuple[int, int]:
+# ---- Collective helpers ----------------------------------------------------------------------------------------------
+# Collective helpers of the losses: which process this is, all-gathers with and without a gradient path, and image
+# ids that compare equal in every process.
+
+
+def distributed() -> tuple[int, int]:
     """(rank, world size), (0, 1) outside a process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -28,7 +39,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        ctx.rank, world_size = _distributed()
+        ctx.rank, world_size = distributed()
         ctx.batch = tensor.shape[0]
         parts = [torch.empty_like(tensor) for _ in range(world_size)]
         dist.all_gather(parts, tensor.contiguous())
@@ -47,7 +58,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
     Every rank must hold the same b.
     """
-    _, world_size = _distributed()
+    _, world_size = distributed()
     if world_size == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
@@ -55,12 +66,39 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenates `tensor` (b, ...) of every rank into (B, ...) without a gradient (labels, ids)."""
-    _, world_size = _distributed()
+    _, world_size = distributed()
     if world_size == 1:
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(world_size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def image_ids_to_tensor(image_id: list[str], device: torch.device) -> torch.Tensor:
+    """Stable 63-bit integer ids for image id strings, equal in every process (Python's `hash` is salted)."""
+    ids = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1 for i in image_id]
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def gather_padded(tensor: torch.Tensor, pad_value: float = 0) -> torch.Tensor:
+    """[`gather_with_grad`] of (b, T, ...) tensors whose T differs between processes: each is padded to the
+    largest T first."""
+    _, world_size = distributed()
+    if world_size == 1:
+        return tensor
+    length = torch.tensor([tensor.shape[1]], device=tensor.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    padding = [0, 0] * (tensor.dim() - 2) + [0, int(length) - tensor.shape[1]]
+    return gather_with_grad(torch.nn.functional.pad(tensor, padding, value=pad_value))
+
+
+# ---- Contrastive losses ----------------------------------------------------------------------------------------------
+# Contrastive image-text losses: symmetric InfoNCE with hard or soft (MixUp) targets.
+#
+# Symmetric InfoNCE as in CLIP (Radford et al. 2021). Across processes the features of every rank are gathered with
+# their gradient and each rank scores only its own b rows against all B columns, with its labels offset by its rank
+# (OpenCLIP's `gather_with_grad` + `local_loss`): memory per rank is O(b·B), not O(B²), and the gradients equal those
+# of one process holding the whole batch.
 
 
 def contrastive_loss(
@@ -82,7 +120,7 @@ def contrastive_loss(
         The scalar loss `(CE(image→text) + CE(text→image)) / 2`, averaged over this rank's b rows. Averaged over
         ranks (as DDP does with gradients) it equals the loss of one process holding all B pairs.
     """
-    rank, _ = _distributed()
+    rank, _ = distributed()
     all_images = gather_with_grad(image_embeds)  # (B, D)
     all_texts = gather_with_grad(text_embeds)  # (B, D)
     logits_per_image = logit_scale * image_embeds @ all_texts.T  # (b, B)
@@ -97,17 +135,436 @@ def contrastive_loss(
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
-class ContrastiveLoss(nn.Module):
-    """Module form of [`contrastive_loss`], returning `{"contrastive_loss": loss}`."""
+def soft_contrastive_loss(logits_per_image: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with soft targets, for MixUp batches.
 
-    def forward(
-        self,
-        image_embeds: torch.Tensor,
-        text_embeds: torch.Tensor,
-        logit_scale: torch.Tensor,
-        image_ids: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        return {"contrastive_loss": contrastive_loss(image_embeds, text_embeds, logit_scale, image_ids)}
+    Image-to-text cross-entropy uses `targets`; text-to-image uses `targets.T` (the rows of `targets.T` sum to 1
+    when the targets come from `MixUp`). With `targets = eye(B)` this equals the usual CLIP loss. The `contrastive_loss`
+    term uses it when the collator mixed the batch (`mixup_targets`); with several processes it gathers the
+    embeddings of the global batch and passes the matching block-diagonal `(N, N)` targets.
+
+    Args:
+        logits_per_image (`torch.FloatTensor` of shape `(N, N)`): Scaled image-text similarities.
+        targets (`torch.FloatTensor` of shape `(N, N)`): Row-stochastic image-to-text targets.
+
+    Returns:
+        `torch.FloatTensor`: Scalar loss, the mean of the two directions.
+    """
+    if logits_per_image.ndim != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
+        raise ValueError(
+            f"soft_contrastive_loss needs square (N, N) logits, one caption per image; got "
+            f"{tuple(logits_per_image.shape)}. Gather images and texts over the global batch first."
+        )
+    if targets.shape != logits_per_image.shape:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} must match logits_per_image {tuple(logits_per_image.shape)}."
+        )
+    targets = targets.to(logits_per_image.dtype)
+    image_loss = -(targets * F.log_softmax(logits_per_image, dim=-1)).sum(-1).mean()
+    text_loss = -(targets.T * F.log_softmax(logits_per_image.T, dim=-1)).sum(-1).mean()
+    return (image_loss + text_loss) / 2
 
 
-__all__ = ["ContrastiveLoss", "contrastive_loss", "gather_no_grad", "gather_with_grad"]
+# ---- Grounding losses ------------------------------------------------------------------------------------------------
+# Losses of the grounding head: box regression, attention localisation and image-text matching.
+#
+# - Box regression: L1 plus generalised IoU on `(cx, cy, w, h)` boxes in [0, 1], weighted 5 and 2 as DETR (Carion et
+#   al. 2020) and MDETR (Kamath et al. 2021) weight them; GIoU after Rezatofighi et al. (2019).
+# - Attention localisation: one minus the soft IoU (`sum(min) / sum(max)`, the fuzzy Jaccard index) between a
+#   phrase's cross-attention map, scaled to a peak of 1, and the share of each feature-map cell that the gold box
+#   covers.
+# - Image-text matching with hard negatives (ALBEF, Li et al. 2021): for every text one negative image and for every
+#   image one negative text, drawn with probability softmax(similarity) over the non-positives of the global batch,
+#   then binary cross-entropy over the positive and the negative pairs.
+
+
+L1_WEIGHT = 5.0
+GIOU_WEIGHT = 2.0
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """`(cx, cy, w, h)` -> `(x0, y0, x1, y1)`, over the last dimension."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """`(x0, y0, x1, y1)` -> `(cx, cy, w, h)`, over the last dimension."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU and union of paired `(x0, y0, x1, y1)` boxes.
+
+    Args:
+        boxes1, boxes2: (N, 4) boxes; row i of one is compared with row i of the other.
+
+    Returns:
+        `(iou, union)`, each (N,).
+    """
+    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])  # (N, 2)
+    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])  # (N, 2)
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)  # (N,)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(-1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(-1)
+    union = area1 + area2 - inter
+    return inter / union.clamp(min=1e-9), union
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Generalised IoU of paired `(x0, y0, x1, y1)` boxes: IoU minus the share of the enclosing box covered by
+    neither; in [-1, 1], negative for disjoint boxes (so it still has a gradient where IoU is 0).
+
+    Args:
+        boxes1, boxes2: (N, 4) boxes.
+
+    Returns:
+        (N,) GIoU of each pair.
+    """
+    iou, union = box_iou(boxes1, boxes2)
+    enclosing = (torch.maximum(boxes1[:, 2:], boxes2[:, 2:]) - torch.minimum(boxes1[:, :2], boxes2[:, :2]))
+    enclosing_area = enclosing.clamp(min=0).prod(-1)  # (N,)
+    return iou - (enclosing_area - union) / enclosing_area.clamp(min=1e-9)
+
+
+def box_loss(
+    pred_boxes: torch.Tensor,
+    target_boxes: torch.Tensor,
+    l1_weight: float = L1_WEIGHT,
+    giou_weight: float = GIOU_WEIGHT,
+) -> torch.Tensor:
+    """`l1_weight * L1 + giou_weight * (1 - GIoU)` per box, averaged over the boxes.
+
+    Args:
+        pred_boxes: (N, 4) predicted `(cx, cy, w, h)` in [0, 1].
+        target_boxes: (N, 4) gold `(cx, cy, w, h)` in [0, 1].
+
+    Returns:
+        The scalar loss; the L1 term sums the four coordinates of a box, as DETR's does.
+    """
+    if pred_boxes.shape != target_boxes.shape or pred_boxes.shape[-1] != 4:
+        raise ValueError(f"box_loss needs (N, 4) boxes of one shape; got {tuple(pred_boxes.shape)} predicted and "
+                         f"{tuple(target_boxes.shape)} gold.")
+    l1 = (pred_boxes - target_boxes).abs().sum(-1)  # (N,)
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes))  # (N,)
+    return (l1_weight * l1 + giou_weight * (1 - giou)).mean()
+
+
+def box_cell_coverage(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Share of each cell of a `height` x `width` grid over the unit square that a box covers.
+
+    Args:
+        boxes: (N, 4) `(x0, y0, x1, y1)` in [0, 1].
+
+    Returns:
+        (N, height * width) in [0, 1], rows of the grid first.
+    """
+    def overlap(low: torch.Tensor, high: torch.Tensor, cells: int) -> torch.Tensor:
+        edges = torch.arange(cells + 1, device=boxes.device, dtype=boxes.dtype) / cells  # (cells + 1,)
+        covered = torch.minimum(high[:, None], edges[None, 1:]) - torch.maximum(low[:, None], edges[None, :-1])
+        return covered.clamp(min=0) * cells  # (N, cells), share of each cell's side
+
+    rows = overlap(boxes[:, 1], boxes[:, 3], height)  # (N, H)
+    cols = overlap(boxes[:, 0], boxes[:, 2], width)  # (N, W)
+    return (rows[:, :, None] * cols[:, None, :]).flatten(1)  # (N, H, W) -> (N, H*W)
+
+
+def attention_iou(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Soft IoU `sum(min(a, m)) / sum(max(a, m))` of attention maps and soft masks, the map first scaled to a peak
+    of 1 (so a map shaped like the mask scores 1, whatever its total).
+
+    Args:
+        attention: (N, L) non-negative maps over L cells (e.g. a softmax over the feature map).
+        mask: (N, L) soft masks in [0, 1] (e.g. [`box_cell_coverage`]).
+
+    Returns:
+        (N,) soft IoU in [0, 1]; 1 when the scaled map equals the mask.
+    """
+    scaled = attention / attention.amax(dim=-1, keepdim=True).clamp(min=1e-9)  # (N, L)
+    return torch.minimum(scaled, mask).sum(-1) / torch.maximum(scaled, mask).sum(-1).clamp(min=1e-9)
+
+
+def attention_iou_loss(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`1 - attention_iou(attention, mask)`, averaged over the N maps."""
+    return (1 - attention_iou(attention, mask)).mean()
+
+
+def positive_pairs(text_ids: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """(b, B) True where text i and image j share an image id (any caption of an image is its positive)."""
+    return text_ids[:, None] == image_ids[None, :]
+
+
+def sample_hard_negatives(
+    similarity: torch.Tensor, positive: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draws one negative column per row with probability softmax(similarity) over the row's non-positives.
+
+    Args:
+        similarity: (N, M) scores (e.g. scaled cosine similarities).
+        positive: (N, M) True for the pairs that must never be drawn.
+        generator: source of randomness; the same generator state gives the same draws.
+
+    Returns:
+        (N,) column indices, none of them positive.
+    """
+    if similarity.shape != positive.shape:
+        raise ValueError(f"similarity {tuple(similarity.shape)} and positive {tuple(positive.shape)} must match.")
+    no_negative = positive.all(dim=1)
+    if no_negative.any():
+        row = int(no_negative.nonzero()[0])
+        raise ValueError(f"row {row} of the batch has no negative (every column shares its image id); batches for "
+                         "image-text matching need at least two distinct images.")
+    weights = F.softmax(similarity.detach().float().masked_fill(positive, float("-inf")), dim=1)  # (N, M)
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+def hard_negative_indices(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_ids: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard negatives of this process's pairs, drawn from the global batch.
+
+    Every process gathers the embeddings of all processes and draws for all B rows with the same generator state,
+    then keeps its own b rows: the draws equal those of one process holding the whole batch.
+
+    Args:
+        image_embeds: (b, D) this process's normalised image embeddings; row i pairs with text i.
+        text_embeds: (b, D) this process's normalised text embeddings.
+        image_ids: (b,) integer image ids (texts of one image are positives of each other's image).
+        generator: seeded equally in every process.
+
+    Returns:
+        `(negative_image_of_text, negative_text_of_image)`: (b,) indices into the global batch of B pairs.
+    """
+    rank, _ = distributed()
+    b = image_embeds.shape[0]
+    all_images = gather_no_grad(image_embeds.detach())  # (B, D)
+    all_texts = gather_no_grad(text_embeds.detach())  # (B, D)
+    all_ids = gather_no_grad(image_ids)  # (B,)
+    similarity = all_texts.float() @ all_images.float().T  # (B_text, B_image)
+    positive = positive_pairs(all_ids, all_ids)  # (B, B), symmetric
+    negative_image = sample_hard_negatives(similarity, positive, generator)  # (B,)
+    negative_text = sample_hard_negatives(similarity.T, positive, generator)  # (B,)
+    rows = slice(rank * b, (rank + 1) * b)
+    return negative_image[rows], negative_text[rows]
+
+
+def itm_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of matching logits: positives labelled 1, negatives 0, averaged over all pairs.
+
+    Args:
+        positive_logits: (P,) matching logits of true pairs.
+        negative_logits: (N,) matching logits of negative pairs (ALBEF draws 2 per positive).
+
+    Returns:
+        The scalar loss.
+    """
+    logits = torch.cat([positive_logits, negative_logits]).float()
+    labels = torch.cat([torch.ones_like(positive_logits), torch.zeros_like(negative_logits)]).float()
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+# ---- Loss terms ------------------------------------------------------------------------------------------------------
+# Loss terms of a training run, by name, and which of them count at a given step: the one way to add a loss.
+#
+# As in OpenCLIP, every term is an entry whose name ends in `_loss` and the training loss is the weighted sum of the
+# entries. A term is a function `term(outputs, batch, model) -> scalar` registered with [`register_loss_term`]:
+# `outputs` maps `image_embeds` / `text_embeds` (B, D) (the model's output, or the cached embeddings of a GradCache
+# step)
+# and whatever else the model returned, and `batch` is the collated batch. Terms marked `embeddings_only=False` need the
+# model's full output and cannot run with GradCache sub-batching. The recipe's `losses:` section gives every term a
+# weight and the step at which it starts (any object with `weight` and `start_step`).
+
+
+LossTermConfig = Any  # a recipe's loss section: anything with `weight` and `start_step`
+
+LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any], nn.Module], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A registered loss term; `embeddings_only` says it reads nothing but `image_embeds` and `text_embeds`."""
+
+    name: str
+    fn: LossFn
+    embeddings_only: bool = True
+
+
+LOSS_TERMS: dict[str, LossTerm] = {}
+
+
+def register_loss_term(name: str, embeddings_only: bool = True) -> Callable[[LossFn], LossFn]:
+    """Registers `fn(outputs, batch, model) -> scalar tensor` as the loss term `name` (which must end in `_loss`)."""
+    if not name.endswith("_loss"):
+        raise ValueError(f"Loss term {name!r} must end in `_loss` (the trainer sums the entries named so).")
+
+    def decorator(fn: LossFn) -> LossFn:
+        LOSS_TERMS[name] = LossTerm(name, fn, embeddings_only)
+        return fn
+
+    return decorator
+
+
+def logit_scale_of(model: nn.Module) -> torch.Tensor:
+    """The model's inverse temperature: `model.scale()` when it has one (clamped), else `exp(model.logit_scale)`."""
+    scale = getattr(model, "scale", None)
+    return scale() if callable(scale) else model.logit_scale.exp()
+
+
+@register_loss_term("contrastive_loss")
+def contrastive_term(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch; soft targets when the collator mixed the batch (MixUp).
+
+    Captions of one image in a batch are not negatives of each other (`image_id` masking). With MixUp every process
+    scores the whole gathered batch against block-diagonal targets; averaged over processes (as the gradient sync
+    does) this is the single-process loss.
+    """
+    image_embeds = outputs["image_embeds"].float()  # (b, D)
+    text_embeds = outputs["text_embeds"].float()  # (b, D)
+    scale = logit_scale_of(model)
+    targets = batch.get("mixup_targets")
+    if targets is not None:
+        all_images = gather_with_grad(image_embeds)  # (B, D)
+        all_texts = gather_with_grad(text_embeds)  # (B, D)
+        blocks = gather_no_grad(targets.float().to(image_embeds.device))  # (B, b)
+        rows = targets.shape[0]
+        full_targets = torch.block_diag(*blocks.split(rows))  # (B, B)
+        return soft_contrastive_loss(scale * all_images @ all_texts.T, full_targets)
+    ids = batch.get("image_id")
+    ids = image_ids_to_tensor(ids, image_embeds.device) if ids is not None else None
+    return contrastive_loss(image_embeds, text_embeds, scale, ids)
+
+
+def _require(outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if outputs.get(k) is None and batch.get(k) is None]
+    if missing:
+        raise ValueError(f"{term} needs {missing}: give the model a grounding head (model.grounding_config) and the "
+                         "collator the referring expressions (data.return_phrases), or drop the term from `losses:`.")
+
+
+@register_loss_term("itm_loss", embeddings_only=False)
+def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """Image-text matching with hard negatives from the global batch (ALBEF): each caption with its own image, with
+    an image drawn by similarity, and each image with a caption drawn likewise.
+
+    The draws come from a generator seeded by the global batch's image ids, so every process draws the same.
+    """
+    _require(outputs, batch, "itm_loss", ("itm_logits", "grounding_regions", "grounding_text", "image_id"))
+    ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
+    all_ids = gather_no_grad(ids)  # (B,)
+    generator = torch.Generator().manual_seed(int(all_ids.remainder(2**31).sum()))
+    negative_image, negative_text = hard_negative_indices(
+        outputs["image_embeds"], outputs["text_embeds"], ids, generator
+    )
+    regions = gather_with_grad(outputs["grounding_regions"])  # (B, L, d)
+    text = outputs["grounding_text"]
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+    all_text = gather_padded(text)  # (B, T_max, d)
+    all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
+    head, size = model.grounding_head, outputs["region_size"]
+    negative_image, negative_text = negative_image.to(text.device), negative_text.to(text.device)
+    with_other_image = head.fuse(text, mask, regions[negative_image], size).itm_logits  # (b,)
+    with_other_text = head.fuse(
+        all_text[negative_text], all_mask[negative_text], outputs["grounding_regions"], size
+    ).itm_logits  # (b,)
+    return itm_loss(outputs["itm_logits"], torch.cat([with_other_image, with_other_text]))
+
+
+def _phrase_boxes(batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
+    return batch["phrase_boxes"].to(device=like.device, dtype=torch.float32)  # (b, 4) cx, cy, w, h
+
+
+@register_loss_term("box_loss", embeddings_only=False)
+def box_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """L1 (weight 5) + GIoU (weight 2) between the referring expression's predicted and gold boxes."""
+    _require(outputs, batch, "box_loss", ("pred_boxes", "phrase_boxes"))
+    pred = outputs["pred_boxes"].float()
+    return box_loss(pred, _phrase_boxes(batch, pred))
+
+
+@register_loss_term("attention_iou_loss", embeddings_only=False)
+def attention_iou_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """One minus the soft IoU of the expression's last-layer attention (heads averaged) and its gold box's cells."""
+    _require(outputs, batch, "attention_iou_loss", ("expression_attention", "phrase_boxes"))
+    attention = outputs["expression_attention"].float()  # (b, H*W)
+    mask = box_cell_coverage(box_cxcywh_to_xyxy(_phrase_boxes(batch, attention)), *outputs["region_size"])
+    return attention_iou_loss(attention, mask)
+
+
+def check_loss_terms(losses: Mapping[str, LossTermConfig], sub_batching: bool) -> None:
+    """Fails early, naming the fix, for unknown terms or terms that cannot run with GradCache sub-batching."""
+    unknown = sorted(set(losses) - set(LOSS_TERMS))
+    if unknown:
+        raise ValueError(f"Unknown loss term(s) {unknown} in the recipe's `losses:`; registered terms: "
+                         f"{sorted(LOSS_TERMS)} (add one with seeyou_ml.losses.register_loss_term).")
+    if not losses:
+        raise ValueError("The recipe's `losses:` is empty; give at least `contrastive_loss: {}`.")
+    if min(term.start_step for term in losses.values()) > 0:
+        raise ValueError("No loss term starts at step 0; give at least one term `start_step: 0` in `losses:`.")
+    if sub_batching:
+        full = sorted(name for name in losses if not LOSS_TERMS[name].embeddings_only)
+        if full:
+            raise ValueError(f"Loss term(s) {full} need the model's full output and cannot run with "
+                             "data.sub_batch_size (GradCache); remove sub_batch_size or those terms.")
+
+
+def active_weights(losses: Mapping[str, LossTermConfig], step: int) -> dict[str, float]:
+    """Weights of the terms that count at optimizer step `step` (those whose `start_step` has come)."""
+    return {name: term.weight for name, term in losses.items() if step >= term.start_step}
+
+
+def compute_losses(
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, Any],
+    model: nn.Module,
+    weights: Mapping[str, float],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum of the active terms and each term's value.
+
+    Args:
+        outputs: `image_embeds` and `text_embeds` (b, D) of this process, plus whatever the model returned.
+        batch: the collated batch.
+        model: the unwrapped model (its temperature is read by the contrastive term).
+        weights: term name -> weight, from [`active_weights`].
+
+    Returns:
+        `(total, terms)`: the scalar to back-propagate and `{name: scalar}` of the unweighted terms.
+    """
+    terms = {name: LOSS_TERMS[name].fn(outputs, batch, model) for name in weights}
+    if not terms:
+        raise ValueError("No loss term is active at this step; give one term `start_step: 0`.")
+    total = sum(weights[name] * value for name, value in terms.items())
+    return total, terms
+
+
+__all__ = [
+    "LOSS_TERMS",
+    "LossTerm",
+    "active_weights",
+    "attention_iou",
+    "attention_iou_loss",
+    "box_cell_coverage",
+    "box_cxcywh_to_xyxy",
+    "box_iou",
+    "box_loss",
+    "box_xyxy_to_cxcywh",
+    "check_loss_terms",
+    "compute_losses",
+    "contrastive_loss",
+    "gather_no_grad",
+    "gather_padded",
+    "gather_with_grad",
+    "generalized_box_iou",
+    "hard_negative_indices",
+    "image_ids_to_tensor",
+    "itm_loss",
+    "logit_scale_of",
+    "register_loss_term",
+    "sample_hard_negatives",
+    "soft_contrastive_loss",
+]

@@ -7,7 +7,6 @@ transformers' `VisionTextDualEncoderModel` for composing two pretrained towers.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,8 @@ from transformers.utils import ModelOutput
 
 from .adapters import ADAPTERS_FOLDER, base_state_dict, language_adapters, language_routing, load_language_adapters
 from .configuration import SeeYouConfig
-from .losses import contrastive_loss
+from .grounding import GroundingHead
+from .losses import contrastive_loss, image_ids_to_tensor
 from .towers import build_tower, encode_image, encode_text, load_tower, vision_width
 
 
@@ -46,6 +46,19 @@ class SeeYouOutput(ModelOutput):
             (B, N, C) tokens of a ViT.
         text_model_output (`ModelOutput`):
             The text tower's output; `last_hidden_state` is (B, T, H).
+        itm_logits (`torch.FloatTensor` of shape `(batch_size,)`, *optional*, with a grounding head):
+            Image-text matching logit of each caption with its own image.
+        pred_boxes (`torch.FloatTensor` of shape `(batch_size, 4)`, *optional*, with a grounding head and a referring
+            expression (`phrase_input_ids` or `phrase_token_mask`)): `(cx, cy, w, h)` in [0, 1] of the processed image.
+        cross_attentions (`tuple[torch.FloatTensor]`, *optional*, with `pred_boxes`):
+            The expression's cross-attention maps, one `(batch_size, heads, T, H*W)` per fusion layer.
+        expression_attention (`torch.FloatTensor` of shape `(batch_size, H*W)`, *optional*, with `pred_boxes`):
+            The last layer's map, heads and the expression's tokens averaged; sums to 1 over the cells.
+        region_size (`tuple[int, int]`, *optional*, with a grounding head): `(H, W)` of the feature map the head read.
+        grounding_regions (`torch.FloatTensor` of shape `(batch_size, H*W, d)`, *optional*, with a grounding head):
+            The image regions in the head's width, reused by the matching loss for its negative pairs.
+        grounding_text (`torch.FloatTensor` of shape `(batch_size, T, d)`, *optional*, with a grounding head):
+            The captions' token states in the head's width, likewise.
     """
 
     loss: torch.FloatTensor | None = None
@@ -55,6 +68,13 @@ class SeeYouOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     vision_model_output: Any = None
     text_model_output: Any = None
+    itm_logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    expression_attention: torch.FloatTensor | None = None
+    region_size: tuple[int, int] | None = None
+    grounding_regions: torch.FloatTensor | None = None
+    grounding_text: torch.FloatTensor | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
@@ -69,12 +89,6 @@ def build_projection(in_features: int, config: SeeYouConfig) -> nn.Module:
         nn.GELU(),
         nn.Linear(in_features, config.projection_dim, bias=False),
     )
-
-
-def image_ids_to_tensor(image_id: list[str], device: torch.device) -> torch.Tensor:
-    """Stable 63-bit integer ids for image id strings, equal in every process (Python's `hash` is salted)."""
-    ids = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1 for i in image_id]
-    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 ZERO_SHOT_AUTO_CLASS = "AutoModelForZeroShotImageClassification"
@@ -157,6 +171,16 @@ class SeeYouModel(SeeYouPreTrainedModel):
         self.visual_projection = build_projection(vision_width(config.vision_config), config)
         self.text_projection = build_projection(config.text_config.hidden_size, config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        grounding = config.grounding_config
+        self.grounding_head = (
+            GroundingHead(
+                grounding,
+                config.text_config.hidden_size,
+                vision_width(config.vision_config, grounding.feature_stage),
+            )
+            if grounding is not None
+            else None
+        )
         # Read by `_set_gradient_checkpointing`; the ResNet tower, which has no checkpointing of its own, is
         # checkpointed block by block through its stages when it is set.
         self.gradient_checkpointing = False
@@ -183,7 +207,11 @@ class SeeYouModel(SeeYouPreTrainedModel):
         """
         pooled, outputs = encode_image(self.vision_model, pixel_values, self._vision_checkpoint_fn())
         embeds = F.normalize(self.visual_projection(pooled), dim=-1)  # (B, D)
-        return BaseModelOutputWithPooling(last_hidden_state=outputs.last_hidden_state, pooler_output=embeds)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=embeds,
+            hidden_states=getattr(outputs, "hidden_states", None),
+        )
 
     def get_text_features(
         self,
@@ -218,6 +246,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
         return_loss: bool = False,
         lang: list[str] | None = None,
         image_id: list[str] | None = None,
+        phrase_input_ids: torch.Tensor | None = None,
+        phrase_attention_mask: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
     ) -> SeeYouOutput:
         """Embeds a batch of images and captions and scores every pair.
 
@@ -230,6 +261,11 @@ class SeeYouModel(SeeYouPreTrainedModel):
                 caption goes through its language's adapter (see `get_text_features`).
             image_id: id of each pair's image, as the collator carries it. With `return_loss`, pairs that share an
                 image are not treated as negatives of each other.
+            phrase_input_ids: (B, P) token ids of a referring expression in image i (the corpus's `phrase`); with a
+                grounding head, `pred_boxes` and the attention outputs are the expression's.
+            phrase_attention_mask: (B, P) mask of `phrase_input_ids`.
+            phrase_token_mask: (B, T), 1 on the caption tokens of a referring span; used when no `phrase_input_ids`
+                are given.
 
         Returns:
             [`SeeYouOutput`].
@@ -261,6 +297,11 @@ class SeeYouModel(SeeYouPreTrainedModel):
             ids = image_ids_to_tensor(image_id, image_embeds.device) if image_id is not None else None
             loss = contrastive_loss(image_embeds, text_embeds, scale, ids)
 
+        grounding = {}
+        if self.grounding_head is not None:
+            grounding = self._ground_batch(
+                text.last_hidden_state, attention_mask, vision, phrase_input_ids, phrase_attention_mask, phrase_token_mask
+            )
         return SeeYouOutput(
             loss=loss,
             logits_per_image=logits_per_text.T,
@@ -269,6 +310,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
             text_embeds=text_embeds,
             vision_model_output=vision,
             text_model_output=text,
+            **grounding,
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
@@ -286,7 +328,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "SeeYouModel":
         """`PreTrainedModel.from_pretrained`, restoring the language adapters that `config.adapter_languages` lists."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
         languages = model.config.adapter_languages
         if languages:
             model.config.adapter_languages = None  # the adapters are not there yet; loading them lists them again
@@ -299,7 +342,67 @@ class SeeYouModel(SeeYouPreTrainedModel):
                     allow_patterns=[f"{ADAPTERS_FOLDER}/*"], cache_dir=kwargs.get("cache_dir"),
                 ), ADAPTERS_FOLDER)
             load_language_adapters(model, folder, languages)
-        return model
+        return loaded
+
+    def grounding_feature_map(self, vision_output: BaseModelOutputWithPooling) -> torch.Tensor:
+        """The vision map the grounding head reads: the stage its config names (ResNet), else the last hidden state."""
+        stage = self.config.grounding_config.feature_stage
+        if stage == -1 or vision_output.hidden_states is None:
+            return vision_output.last_hidden_state
+        return vision_output.hidden_states[stage]
+
+    def _ground_batch(
+        self,
+        caption_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        vision: BaseModelOutputWithPooling,
+        phrase_input_ids: torch.Tensor | None,
+        phrase_attention_mask: torch.Tensor | None,
+        phrase_token_mask: torch.Tensor | None,
+    ) -> dict[str, Any]:
+        """The grounding head's outputs: matching logits of the captions, and the referring expression's box and maps."""
+        head = self.grounding_head
+        if attention_mask is None:
+            attention_mask = torch.ones(caption_states.shape[:2], dtype=torch.long, device=caption_states.device)
+        regions, size = head.encode_regions(self.grounding_feature_map(vision))  # (B, H*W, d)
+        caption_text = head.encode_text(caption_states)  # (B, T, d)
+        caption = head.fuse(caption_text, attention_mask, regions, size, phrase_token_mask)
+        expression = caption if phrase_token_mask is not None else None
+        if phrase_input_ids is not None:
+            if phrase_attention_mask is None:
+                phrase_attention_mask = torch.ones_like(phrase_input_ids)
+            states = self.text_model(
+                input_ids=phrase_input_ids, attention_mask=phrase_attention_mask, return_dict=True
+            ).last_hidden_state  # (B, P, H)
+            expression = head.fuse(head.encode_text(states), phrase_attention_mask, regions, size)
+        outputs = {
+            "itm_logits": caption.itm_logits,
+            "region_size": size,
+            "grounding_regions": regions,
+            "grounding_text": caption_text,
+        }
+        if expression is not None:
+            outputs.update(
+                pred_boxes=expression.pred_boxes,
+                cross_attentions=expression.cross_attentions,
+                expression_attention=expression.expression_attention,
+            )
+        return outputs
+
+    def ground(self, images: list, texts: list[str], processor: Any) -> Any:
+        """Finds what each text refers to in its image: boxes in the original images' pixels, matching scores and
+        attention maps (see [`seeyou_ml.grounding.ground`]).
+
+        Example:
+
+        ```python
+        >>> result = model.ground([image], ["the red circle left of the blue square"], processor)  # doctest: +SKIP
+        >>> result.boxes  # (1, 4) x0, y0, x1, y1 in the image's pixels  # doctest: +SKIP
+        ```
+        """
+        from .grounding import ground
+
+        return ground(self, processor, images, texts)
 
     @classmethod
     def from_vision_text_pretrained(

@@ -1,8 +1,76 @@
-"""`SeeYouProcessor`: one object that turns images and captions into the inputs of `SeeYouModel`."""
+"""`SeeYouProcessor`: one object that turns images and captions into the inputs of `SeeYouModel`; and
+`processed_frame`, where a point of an input image lands in the processed one (boxes follow images through it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from transformers import BatchFeature, ProcessorMixin
+
+
+def _size_field(size: Any, name: str) -> int | None:
+    return size.get(name) if isinstance(size, Mapping) else getattr(size, name, None)
+
+
+def processed_frame(image_processor: Any, width: int, height: int) -> tuple[float, float, float, float, int, int]:
+    """The affine map from an input image's pixel frame to the processed image's, for the usual processors.
+
+    Covers resizing to `height`/`width`, to a `shortest_edge` (optionally capped by `longest_edge`), into
+    `max_height`/`max_width`, ConvNeXT/ResNet's `crop_pct` resize-then-crop, and a following centre crop.
+
+    Args:
+        image_processor: A transformers image processor.
+        width (`int`), height (`int`): Size of the input image.
+
+    Returns:
+        `tuple`: `(scale_x, scale_y, offset_x, offset_y, out_width, out_height)`; a point `(x, y)` of the input
+        lands at `(x * scale_x - offset_x, y * scale_y - offset_y)`.
+    """
+    from transformers.image_transforms import get_size_with_aspect_ratio
+    from transformers.image_utils import get_image_size_for_max_height_width
+
+    new_h, new_w = height, width
+    crop: tuple[int, int] | None = None
+    size = getattr(image_processor, "size", None)
+    if getattr(image_processor, "do_resize", False) and size is not None:
+        shortest, longest = _size_field(size, "shortest_edge"), _size_field(size, "longest_edge")
+        crop_pct = getattr(image_processor, "crop_pct", None)
+        if shortest and not longest and crop_pct:
+            # ConvNeXT / ResNet checkpoints: below 384 px, resize the short side to shortest/crop_pct and crop a
+            # shortest x shortest square; at 384 px and above, warp straight to the square.
+            if shortest < 384:
+                short, long = min(height, width), max(height, width)
+                resized_short = int(shortest / crop_pct)
+                resized_long = int(resized_short * long / short)
+                new_h, new_w = (resized_short, resized_long) if height <= width else (resized_long, resized_short)
+                crop = (shortest, shortest)
+            else:
+                new_h = new_w = shortest
+        elif shortest and longest:
+            new_h, new_w = get_size_with_aspect_ratio((height, width), shortest, longest)
+        elif shortest:
+            short, long = min(height, width), max(height, width)
+            resized_long = int(shortest * long / short)
+            new_h, new_w = (shortest, resized_long) if height <= width else (resized_long, shortest)
+        elif _size_field(size, "max_height") and _size_field(size, "max_width"):
+            new_h, new_w = get_image_size_for_max_height_width(
+                (height, width), _size_field(size, "max_height"), _size_field(size, "max_width")
+            )
+        elif _size_field(size, "height") and _size_field(size, "width"):
+            new_h, new_w = _size_field(size, "height"), _size_field(size, "width")
+        else:
+            raise ValueError(f"{type(image_processor).__name__}.size={size!r} has no resize rule the collator knows.")
+    crop_size = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop_size is not None:
+        crop = (_size_field(crop_size, "height"), _size_field(crop_size, "width"))
+    offset_x = offset_y = 0.0
+    out_h, out_w = new_h, new_w
+    if crop is not None:
+        out_h, out_w = crop
+        # Same integer centring as transformers' center_crop.
+        offset_y, offset_x = float((new_h - out_h) // 2), float((new_w - out_w) // 2)
+    return new_w / width, new_h / height, offset_x, offset_y, out_w, out_h
 
 
 class SeeYouProcessor(ProcessorMixin):
@@ -97,4 +165,4 @@ class SeeYouProcessor(ProcessorMixin):
 # Saved folders carry this file and an `auto_map` entry, so `AutoProcessor` loads them through remote code.
 SeeYouProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["SeeYouProcessor"]
+__all__ = ["SeeYouProcessor", "processed_frame"]

@@ -101,10 +101,14 @@ def _auto_model_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
         ) from None
 
 
-def vision_width(config: PreTrainedConfig) -> int:
-    """Channels of a vision tower's pooled output: the last stage of a CNN, the hidden size of a ViT."""
+def vision_width(config: PreTrainedConfig, stage: int = -1) -> int:
+    """Channels of a vision tower's output: stage `stage` (from the end; -1 is the pooled last one) of a CNN, the
+    hidden size of a ViT."""
     if getattr(config, "hidden_sizes", None):
-        return config.hidden_sizes[-1]
+        if not -len(config.hidden_sizes) <= stage < 0:
+            raise ValueError(f"stage {stage} names no stage of a vision tower with {len(config.hidden_sizes)} "
+                             "stages; count from the end (-1 is the last).")
+        return config.hidden_sizes[stage]
     return config.hidden_size
 
 
@@ -153,12 +157,17 @@ def _resnet_forward(
     """
     hidden = model.embedder(pixel_values)  # (B, C0, H/4, W/4)
     last = len(model.encoder.stages) - 1
+    stage_maps = []
     for index, stage in enumerate(model.encoder.stages):
         for block in stage.layers:
             checkpointed = checkpoint_fn is not None and index < last
             hidden = checkpoint_fn(block, hidden) if checkpointed else block(hidden)
+        stage_maps.append(hidden)
     pooled = model.pooler(hidden)  # (B, C, 1, 1)
-    return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=hidden, pooler_output=pooled)
+    # The stages' maps are kept (they are alive for the backward pass anyway) for a head that reads a finer one.
+    return BaseModelOutputWithPoolingAndNoAttention(
+        last_hidden_state=hidden, pooler_output=pooled, hidden_states=tuple(stage_maps)
+    )
 
 
 def text_position_limit(text_model: nn.Module) -> int | None:

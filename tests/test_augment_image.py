@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from seeyou_ml.data.augment_image import (
@@ -14,7 +13,6 @@ from seeyou_ml.data.augment_image import (
     RANDAUGMENT_OPS,
     MixUp,
     RandAugment,
-    soft_contrastive_loss,
 )
 
 MAGNITUDE_FREE_OPS = ("autocontrast", "equalize")
@@ -142,27 +140,3 @@ def test_mixup_with_p_zero_leaves_the_batch_alone():
     mixed, targets = MixUp(alpha=1.0, p=0.0)(pixel_values)
     torch.testing.assert_close(mixed, pixel_values)
     torch.testing.assert_close(targets, torch.eye(4))
-
-
-def test_soft_loss_with_identity_targets_is_the_clip_loss():
-    logits = torch.randn(6, 6)
-    labels = torch.arange(6)
-    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-    torch.testing.assert_close(soft_contrastive_loss(logits, torch.eye(6)), expected)
-
-
-def test_soft_loss_weights_both_captions_of_a_mixed_image():
-    logits = torch.randn(4, 4)
-    targets = MixUp.targets(0.7, torch.tensor([1, 0, 3, 2]))
-    log_p_image = F.log_softmax(logits, -1)
-    log_p_text = F.log_softmax(logits.T, -1)
-    image_loss = -(0.7 * log_p_image.diagonal() + 0.3 * log_p_image[torch.arange(4), [1, 0, 3, 2]]).mean()
-    text_loss = -(0.7 * log_p_text.diagonal() + 0.3 * log_p_text[torch.arange(4), [1, 0, 3, 2]]).mean()
-    torch.testing.assert_close(soft_contrastive_loss(logits, targets), (image_loss + text_loss) / 2)
-
-
-def test_soft_loss_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match=r"square \(N, N\) logits"):
-        soft_contrastive_loss(torch.randn(2, 4), torch.eye(2))
-    with pytest.raises(ValueError, match=r"targets \(3, 3\) must match"):
-        soft_contrastive_loss(torch.randn(2, 2), torch.eye(3))

@@ -94,7 +94,7 @@ def test_subcommands_register_once_per_name(monkeypatch):
         register_subcommand(Subcommand("echo-test", "other", lambda parser: None, lambda a: 0))
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "push", "card"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "ground", "push", "card"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -198,3 +198,38 @@ def test_console_command_exits_2_without_a_traceback(tmp_path):
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip() == (f"seeyou card: error: {tmp_path / 'out'}: no such directory; give the output "
                                   "directory of `seeyou train`. (--debug shows the traceback)")
+
+
+@pytest.fixture()
+def saved_head_model(tiny_tokenizer, tmp_path):
+    """A tiny model with a grounding head and its processor, saved."""
+    import torch
+
+    from seeyou_ml import SeeYouModel
+    from seeyou_ml.presets import tiny_config, tiny_processor
+
+    torch.manual_seed(0)
+    head = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    model = SeeYouModel(tiny_config(vocab_size=len(tiny_tokenizer), vision_widths=(8, 16), max_text_length=32,
+                                    grounding_config=head))
+    folder = tmp_path / "head-model"
+    model.save_pretrained(folder)
+    tiny_processor(tiny_tokenizer, image_size=32).save_pretrained(folder)
+    return folder
+
+
+def test_ground_writes_a_picture_of_the_box_and_map(saved_head_model, tmp_path, capsys):
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "scene.png")
+    status = main(["ground", "--model", str(saved_head_model), "--image", str(tmp_path / "scene.png"),
+                   "--text", "a red circle", "--output", str(tmp_path / "out.png")])
+    assert status == 0 and "box [" in capsys.readouterr().out
+    with Image.open(tmp_path / "out.png") as image:
+        assert image.format == "PNG" and image.size == (4 * 48, 4 * 40)
+
+
+def test_evaluate_rerank_top_k_reports_recall_before_and_after(saved_head_model, corpus_folder, tmp_path, capsys):
+    main(["evaluate", "--model", str(saved_head_model), "--data", str(corpus_folder), "--split", "val",
+          "--output", str(tmp_path / "r.json"), "--no-progress", "--rerank-top-k", "10"])
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(results["reranked"]) == ["de", "en", "fr"]
+    assert "re-ranked R@1" in capsys.readouterr().out

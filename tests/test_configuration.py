@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoConfig, BertConfig, ResNetConfig, ViTConfig, XLMRobertaConfig
 
 import seeyou_ml  # noqa: F401  (registers the Auto classes)
-from seeyou_ml import SeeYouConfig
+from seeyou_ml import SeeYouConfig, SeeYouGroundingConfig
 
 
 def test_defaults_are_resnet50_xlmr_base_512():
@@ -28,7 +28,7 @@ def test_json_round_trip_keeps_every_field(tmp_path):
         projection_dim=24,
         projection="mlp",
         text_pooling="cls",
-        grounding_config={"num_layers": 2},
+        grounding_config={"num_hidden_layers": 3, "hidden_size": 48},
     )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -37,7 +37,28 @@ def test_json_round_trip_keeps_every_field(tmp_path):
     assert type(loaded) is SeeYouConfig
     assert loaded.to_diff_dict() == config.to_diff_dict()
     assert isinstance(loaded.text_config, BertConfig) and loaded.text_config.vocab_size == 99
-    assert loaded.grounding_config == {"num_layers": 2}
+    assert isinstance(loaded.grounding_config, SeeYouGroundingConfig)
+    assert (loaded.grounding_config.num_hidden_layers, loaded.grounding_config.hidden_size) == (3, 48)
+    assert saved["grounding_config"]["num_hidden_layers"] == 3
+
+
+def test_a_config_without_a_head_round_trips_to_none(tmp_path):
+    SeeYouConfig(projection_dim=24).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["grounding_config"] is None
+    assert AutoConfig.from_pretrained(tmp_path).grounding_config is None
+
+
+@pytest.mark.parametrize(
+    "grounding, message",
+    [
+        ({"hidden_size": 30, "num_attention_heads": 4}, "not a multiple of num_attention_heads"),
+        ({"num_hidden_layers": 0}, "grounding_config=None"),
+        ({"feature_stage": 1}, "counts stages from the end"),
+    ],
+)
+def test_bad_grounding_settings_name_the_field(grounding, message):
+    with pytest.raises(ValueError, match=message):
+        SeeYouConfig(grounding_config=grounding)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seeyou_ml.data.images import load_image
+from seeyou_ml.images import load_image
 
 
 def test_paths_bytes_datasets_values_and_other_modes_open_as_the_same_rgb_pixels(tmp_path):

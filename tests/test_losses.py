@@ -6,8 +6,22 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
-from seeyou_ml import ContrastiveLoss, contrastive_loss
+from seeyou_ml.data.augment_image import MixUp
+from seeyou_ml.losses import (
+    attention_iou,
+    attention_iou_loss,
+    box_cell_coverage,
+    box_loss,
+    contrastive_loss,
+    gather_no_grad,
+    generalized_box_iou,
+    hard_negative_indices,
+    itm_loss,
+    sample_hard_negatives,
+    soft_contrastive_loss,
+)
 from seeyou_ml.presets import tiny_config
 
 
@@ -30,7 +44,6 @@ def test_symmetric_infonce_against_a_hand_computed_3x3_example():
     ]
     expected = (sum(image_to_text) / 3 + sum(text_to_image) / 3) / 2
     assert contrastive_loss(images, texts, scale).item() == pytest.approx(expected, abs=1e-6)
-    assert ContrastiveLoss()(images, texts, scale)["contrastive_loss"].item() == pytest.approx(expected, abs=1e-6)
 
 
 def _free_port() -> int:
@@ -90,3 +103,145 @@ def test_two_processes_match_one_process_on_the_full_batch(tmp_path):
     torch.testing.assert_close(distributed["loss"], loss.detach(), atol=1e-5, rtol=0)
     torch.testing.assert_close(distributed["grads"], _projection_grads(model), atol=1e-5, rtol=0)
     assert _projection_grads(model).abs().sum() > 0
+
+
+def test_soft_loss_with_identity_targets_is_the_clip_loss():
+    logits = torch.randn(6, 6)
+    labels = torch.arange(6)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    torch.testing.assert_close(soft_contrastive_loss(logits, torch.eye(6)), expected)
+
+
+def test_soft_loss_weights_both_captions_of_a_mixed_image():
+    logits = torch.randn(4, 4)
+    targets = MixUp.targets(0.7, torch.tensor([1, 0, 3, 2]))
+    log_p_image = F.log_softmax(logits, -1)
+    log_p_text = F.log_softmax(logits.T, -1)
+    image_loss = -(0.7 * log_p_image.diagonal() + 0.3 * log_p_image[torch.arange(4), [1, 0, 3, 2]]).mean()
+    text_loss = -(0.7 * log_p_text.diagonal() + 0.3 * log_p_text[torch.arange(4), [1, 0, 3, 2]]).mean()
+    torch.testing.assert_close(soft_contrastive_loss(logits, targets), (image_loss + text_loss) / 2)
+
+
+def test_soft_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"square \(N, N\) logits"):
+        soft_contrastive_loss(torch.randn(2, 4), torch.eye(2))
+    with pytest.raises(ValueError, match=r"targets \(3, 3\) must match"):
+        soft_contrastive_loss(torch.randn(2, 2), torch.eye(3))
+
+
+# ---- grounding losses ------------------------------------------------------------------------------------------------
+
+
+def _cxcywh(x0, y0, x1, y1):
+    return [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+
+
+@pytest.mark.parametrize(
+    "pred, gold, inter, enclosing",
+    [
+        # Overlapping: intersection 0.1 x 0.1, enclosing box 0.3 x 0.3.
+        ((0.1, 0.1, 0.3, 0.3), (0.2, 0.2, 0.4, 0.4), 0.01, 0.09),
+        # Disjoint: no intersection, enclosing box [0, 0.6] x [0, 0.2].
+        ((0.0, 0.0, 0.1, 0.2), (0.5, 0.0, 0.6, 0.2), 0.0, 0.12),
+        # Nested: the small box inside the large one, which is also the enclosing box.
+        ((0.3, 0.3, 0.5, 0.5), (0.2, 0.2, 0.7, 0.7), 0.04, 0.25),
+    ],
+    ids=["overlapping", "disjoint", "nested"],
+)
+def test_box_loss_is_five_l1_plus_two_giou_against_hand_computed_boxes(pred, gold, inter, enclosing):
+    union = (pred[2] - pred[0]) * (pred[3] - pred[1]) + (gold[2] - gold[0]) * (gold[3] - gold[1]) - inter
+    giou = inter / union - (enclosing - union) / enclosing
+    pred_c, gold_c = torch.tensor([_cxcywh(*pred)]), torch.tensor([_cxcywh(*gold)])
+    l1 = sum(abs(a - b) for a, b in zip(_cxcywh(*pred), _cxcywh(*gold)))
+    assert generalized_box_iou(torch.tensor([pred]), torch.tensor([gold])).item() == pytest.approx(giou, abs=1e-6)
+    assert box_loss(pred_c, gold_c).item() == pytest.approx(5 * l1 + 2 * (1 - giou), abs=1e-5)
+
+
+def test_box_loss_of_a_perfect_box_is_zero_and_disjoint_giou_is_negative():
+    box = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    assert box_loss(box, box).item() == pytest.approx(0.0, abs=1e-7)
+    far = generalized_box_iou(torch.tensor([[0.0, 0.0, 0.1, 0.1]]), torch.tensor([[0.9, 0.9, 1.0, 1.0]]))
+    assert far.item() == pytest.approx(0.0 - (1.0 - 0.02) / 1.0, abs=1e-6)
+
+
+def test_box_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"\(N, 4\) boxes of one shape"):
+        box_loss(torch.zeros(2, 4), torch.zeros(3, 4))
+
+
+def test_box_cell_coverage_and_attention_iou_against_a_hand_computed_mask():
+    # A 2 x 2 grid; the box [0.25, 0, 1, 0.5] covers half of cell (0, 0), all of cell (0, 1), nothing below.
+    mask = box_cell_coverage(torch.tensor([[0.25, 0.0, 1.0, 0.5]]), 2, 2)
+    torch.testing.assert_close(mask, torch.tensor([[0.5, 1.0, 0.0, 0.0]]))
+    attention = torch.tensor([[0.2, 0.4, 0.3, 0.1]])
+    # Scaled to a peak of 1: [0.5, 1, 0.75, 0.25]; sum of minima 0.5 + 1 = 1.5, of maxima 0.5 + 1 + 0.75 + 0.25 = 2.5.
+    assert attention_iou(attention, mask).item() == pytest.approx(1.5 / 2.5, abs=1e-6)
+    assert attention_iou_loss(attention, mask).item() == pytest.approx(1 - 1.5 / 2.5, abs=1e-6)
+    assert attention_iou(mask / mask.sum(), mask).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_itm_loss_is_binary_cross_entropy_over_positives_and_negatives():
+    positive, negative = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0, 1.0, 0.0])
+    sigmoid = torch.sigmoid
+    expected = -(
+        torch.log(sigmoid(positive)).sum() + torch.log(1 - sigmoid(negative)).sum()
+    ) / 6
+    assert itm_loss(positive, negative).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_negative_sampler_never_draws_a_positive():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.tensor([0, 0, 1, 2, 2, 3])
+    positive = ids[:, None] == ids[None, :]
+    # The positives have by far the highest similarity: a sampler that did not mask them would draw them.
+    similarity = torch.where(positive, torch.tensor(50.0), torch.randn(6, 6, generator=generator))
+    for _ in range(200):
+        drawn = sample_hard_negatives(similarity, positive, generator)
+        assert not positive[torch.arange(6), drawn].any()
+
+
+def test_negative_sampler_follows_the_softmax_of_the_similarities():
+    generator = torch.Generator().manual_seed(0)
+    similarity = torch.tensor([[9.0, 1.0, 0.0, -1.0]]).repeat(20_000, 1)
+    positive = torch.tensor([[True, False, False, False]]).repeat(20_000, 1)
+    counts = torch.bincount(sample_hard_negatives(similarity, positive, generator), minlength=4).float()
+    expected = torch.softmax(torch.tensor([1.0, 0.0, -1.0]), dim=0)  # columns 1..3
+    assert counts[0] == 0
+    # 20,000 draws: the standard error of each share is below 0.0035.
+    torch.testing.assert_close(counts[1:] / counts.sum(), expected, atol=0.015, rtol=0)
+
+
+def test_negative_sampler_names_a_row_without_negatives():
+    with pytest.raises(ValueError, match="row 1 of the batch has no negative"):
+        sample_hard_negatives(torch.zeros(2, 2), torch.tensor([[True, False], [True, True]]))
+
+
+def _negatives_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        images, texts, ids = _negative_inputs()
+        local = [t.chunk(world_size)[rank] for t in (images, texts, ids)]
+        drawn = hard_negative_indices(*local, torch.Generator().manual_seed(7))
+        gathered = [gather_no_grad(d) for d in drawn]
+        if rank == 0:
+            torch.save(gathered, os.path.join(out_dir, "negatives.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _negative_inputs():
+    generator = torch.Generator().manual_seed(3)
+    images = F.normalize(torch.randn(8, 5, generator=generator), dim=-1)
+    texts = F.normalize(torch.randn(8, 5, generator=generator), dim=-1)
+    return images, texts, torch.tensor([0, 1, 1, 2, 3, 4, 5, 5])
+
+
+def test_hard_negatives_of_two_processes_equal_one_process(tmp_path):
+    mp.spawn(_negatives_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    distributed = torch.load(tmp_path / "negatives.pt")
+    single = hard_negative_indices(*_negative_inputs(), torch.Generator().manual_seed(7))
+    for got, want in zip(distributed, single):
+        torch.testing.assert_close(got, want)
+    ids = _negative_inputs()[2]
+    assert (ids[single[0]] != ids).all() and (ids[single[1]] != ids).all()

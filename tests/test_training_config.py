@@ -144,7 +144,7 @@ def test_shipped_recipes_build_and_step(path, tmp_path, local_towers, monkeypatc
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_parse_with_registered_loss_terms(path):
     import seeyou_ml.training.adapters  # noqa: F401  (registers the distillation loss terms)
-    from seeyou_ml.training.objectives import LOSS_TERMS
+    from seeyou_ml.losses import LOSS_TERMS
 
     recipe = TrainingRecipe.from_yaml(path)
     assert recipe.total_steps > 0

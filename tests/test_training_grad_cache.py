@@ -8,7 +8,7 @@ import torch
 from seeyou_ml.data.collator import SeeYouCollator
 from seeyou_ml.presets import tiny_processor
 from seeyou_ml.training.grad_cache import cache_embeddings, embed_pair, split_inputs
-from seeyou_ml.training.objectives import active_weights, compute_losses
+from seeyou_ml.losses import active_weights, compute_losses
 from seeyou_ml.training.config import LossTermConfig
 from training_fixtures import IMAGE_SIZE, make_records, tiny_model
 

@@ -22,7 +22,7 @@ from seeyou_ml.training.monitor import (
     mean_offdiagonal_cosine,
     uniformity,
 )
-from seeyou_ml.training.objectives import LOSS_TERMS, register_loss_term
+from seeyou_ml.losses import LOSS_TERMS, register_loss_term
 from training_fixtures import make_records, make_trainer, tiny_recipe
 
 

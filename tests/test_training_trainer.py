@@ -17,7 +17,7 @@ import seeyou_ml  # noqa: F401  (registers the Auto classes)
 from seeyou_ml import SeeYouProcessor
 from seeyou_ml.training.build import build_trainer
 from seeyou_ml.training.config import TrainingRecipe
-from seeyou_ml.training.objectives import LOSS_TERMS, register_loss_term
+from seeyou_ml.losses import LOSS_TERMS, register_loss_term
 from training_fixtures import (
     REPO_ROOT,
     StepClock,

@@ -10,7 +10,6 @@ from .augment import (
     SynonymReplacement,
     build_augmentations,
     build_caption_index,
-    soft_contrastive_loss,
 )
 from .collator import SeeYouCollator
 from .corpus import CORPUS_FORMATS, corpus_features, detect_format, load_corpus

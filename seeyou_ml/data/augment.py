@@ -1,6 +1,6 @@
 """Augmentations chosen in config: `AugmentationConfig` and the factory that builds them for `SeeYouCollator`.
 
-The augmentations themselves live in `augment_image` (RandAugment, MixUp, `soft_contrastive_loss`) and
+The augmentations themselves live in `augment_image` (RandAugment, MixUp) and
 `augment_text` (synonym replacement, back-translation); this module re-exports them.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .augment_image import GEOMETRIC_OPS, PHOTOMETRIC_OPS, RANDAUGMENT_OPS, MixUp, RandAugment, soft_contrastive_loss
+from .augment_image import GEOMETRIC_OPS, PHOTOMETRIC_OPS, RANDAUGMENT_OPS, MixUp, RandAugment
 from .augment_text import (
     BackTranslation,
     SequentialTextAugment,
@@ -33,7 +33,6 @@ __all__ = [
     "TextAugment",
     "build_augmentations",
     "build_caption_index",
-    "soft_contrastive_loss",
 ]
 
 

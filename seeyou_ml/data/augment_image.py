@@ -7,7 +7,7 @@ written with PIL (`ImageOps`, `ImageEnhance`, affine transforms), so the package
 
 MixUp (Zhang et al., "mixup: Beyond Empirical Risk Minimization", 2018) is adapted to image-text contrastive
 batches: image `i` is mixed with image `perm[i]`, so its positives are caption `i` with weight `lam` and caption
-`perm[i]` with weight `1 - lam`. `soft_contrastive_loss` is the InfoNCE that consumes those soft targets.
+`perm[i]` with weight `1 - lam`. `seeyou_ml.losses.soft_contrastive_loss` is the InfoNCE that consumes those soft targets.
 
 Randomness: every augmentation takes an optional `torch.Generator`. Given one, the result is a pure function of its
 state; without one, the global torch RNG is used, which `torch.utils.data.DataLoader` seeds differently in every
@@ -29,7 +29,6 @@ __all__ = [
     "RANDAUGMENT_OPS",
     "MixUp",
     "RandAugment",
-    "soft_contrastive_loss",
 ]
 
 # Ranges at full magnitude (level 1.0), from AutoAugment's search space.
@@ -313,41 +312,3 @@ class MixUp:
 
     def __repr__(self) -> str:
         return f"MixUp(alpha={self.alpha}, p={self.p})"
-
-
-def soft_contrastive_loss(logits_per_image: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with soft targets, for MixUp batches.
-
-    Image-to-text cross-entropy uses `targets`; text-to-image uses `targets.T` (the rows of `targets.T` sum to 1
-    when the targets come from `MixUp`). With `targets = eye(B)` this equals the usual CLIP loss. The trainer pops
-    `mixup_targets` from the batch before `model(**batch)` and uses this in place of the model's contrastive loss:
-
-    ```python
-    targets = batch.pop("mixup_targets", None)
-    outputs = model(**batch)
-    loss = soft_contrastive_loss(outputs.logits_per_image, targets) if targets is not None else ...
-    ```
-
-    With several processes, gather the logits over the global batch and pass the matching block-diagonal
-    `(N, N)` targets.
-
-    Args:
-        logits_per_image (`torch.FloatTensor` of shape `(N, N)`): Scaled image-text similarities.
-        targets (`torch.FloatTensor` of shape `(N, N)`): Row-stochastic image-to-text targets.
-
-    Returns:
-        `torch.FloatTensor`: Scalar loss, the mean of the two directions.
-    """
-    if logits_per_image.ndim != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
-        raise ValueError(
-            f"soft_contrastive_loss needs square (N, N) logits, one caption per image; got "
-            f"{tuple(logits_per_image.shape)}. Gather images and texts over the global batch first."
-        )
-    if targets.shape != logits_per_image.shape:
-        raise ValueError(
-            f"targets {tuple(targets.shape)} must match logits_per_image {tuple(logits_per_image.shape)}."
-        )
-    targets = targets.to(logits_per_image.dtype)
-    image_loss = -(targets * F.log_softmax(logits_per_image, dim=-1)).sum(-1).mean()
-    text_loss = -(targets.T * F.log_softmax(logits_per_image.T, dim=-1)).sum(-1).mean()
-    return (image_loss + text_loss) / 2

@@ -13,77 +13,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..images import load_image
+from ..processing import processed_frame
 from .augment_image import MixUp
-from .images import load_image
 from .augment_text import TextAugment
 
-__all__ = ["SeeYouCollator", "processed_frame"]
+__all__ = ["SeeYouCollator"]
 
 _REQUIRED_KEYS = ("image", "caption", "lang", "image_id")
-
-
-def _size_field(size: Any, name: str) -> int | None:
-    return size.get(name) if isinstance(size, Mapping) else getattr(size, name, None)
-
-
-def processed_frame(image_processor: Any, width: int, height: int) -> tuple[float, float, float, float, int, int]:
-    """The affine map from an input image's pixel frame to the processed image's, for the usual processors.
-
-    Covers resizing to `height`/`width`, to a `shortest_edge` (optionally capped by `longest_edge`), into
-    `max_height`/`max_width`, ConvNeXT/ResNet's `crop_pct` resize-then-crop, and a following centre crop.
-
-    Args:
-        image_processor: A transformers image processor.
-        width (`int`), height (`int`): Size of the input image.
-
-    Returns:
-        `tuple`: `(scale_x, scale_y, offset_x, offset_y, out_width, out_height)`; a point `(x, y)` of the input
-        lands at `(x * scale_x - offset_x, y * scale_y - offset_y)`.
-    """
-    from transformers.image_transforms import get_size_with_aspect_ratio
-    from transformers.image_utils import get_image_size_for_max_height_width
-
-    new_h, new_w = height, width
-    crop: tuple[int, int] | None = None
-    size = getattr(image_processor, "size", None)
-    if getattr(image_processor, "do_resize", False) and size is not None:
-        shortest, longest = _size_field(size, "shortest_edge"), _size_field(size, "longest_edge")
-        crop_pct = getattr(image_processor, "crop_pct", None)
-        if shortest and not longest and crop_pct:
-            # ConvNeXT / ResNet checkpoints: below 384 px, resize the short side to shortest/crop_pct and crop a
-            # shortest x shortest square; at 384 px and above, warp straight to the square.
-            if shortest < 384:
-                short, long = min(height, width), max(height, width)
-                resized_short = int(shortest / crop_pct)
-                resized_long = int(resized_short * long / short)
-                new_h, new_w = (resized_short, resized_long) if height <= width else (resized_long, resized_short)
-                crop = (shortest, shortest)
-            else:
-                new_h = new_w = shortest
-        elif shortest and longest:
-            new_h, new_w = get_size_with_aspect_ratio((height, width), shortest, longest)
-        elif shortest:
-            short, long = min(height, width), max(height, width)
-            resized_long = int(shortest * long / short)
-            new_h, new_w = (shortest, resized_long) if height <= width else (resized_long, shortest)
-        elif _size_field(size, "max_height") and _size_field(size, "max_width"):
-            new_h, new_w = get_image_size_for_max_height_width(
-                (height, width), _size_field(size, "max_height"), _size_field(size, "max_width")
-            )
-        elif _size_field(size, "height") and _size_field(size, "width"):
-            new_h, new_w = _size_field(size, "height"), _size_field(size, "width")
-        else:
-            raise ValueError(f"{type(image_processor).__name__}.size={size!r} has no resize rule the collator knows.")
-    crop_size = getattr(image_processor, "crop_size", None)
-    if getattr(image_processor, "do_center_crop", False) and crop_size is not None:
-        crop = (_size_field(crop_size, "height"), _size_field(crop_size, "width"))
-    offset_x = offset_y = 0.0
-    out_h, out_w = new_h, new_w
-    if crop is not None:
-        out_h, out_w = crop
-        # Same integer centring as transformers' center_crop.
-        offset_y, offset_x = float((new_h - out_h) // 2), float((new_w - out_w) // 2)
-    return new_w / width, new_h / height, offset_x, offset_y, out_w, out_h
 
 
 class SeeYouCollator:
@@ -95,7 +32,10 @@ class SeeYouCollator:
 
     - `boxes` (with `return_boxes=True`): list of B float tensors (n_i, 4), `[x0, y0, x1, y1]` in the processed
       image's pixels (clipped to it); (0, 4) for records without boxes.
-    - `mixup_targets` (with `mixup`): (B, B) soft image-to-text targets for `soft_contrastive_loss`; rows sum to 1.
+    - `phrase_input_ids`, `phrase_attention_mask` (B, P) and `phrase_boxes` (B, 4) (with `return_phrases=True`): each
+      record's referring expression (`phrase`) tokenised, and its first box as `(cx, cy, w, h)` in [0, 1] of the
+      processed image; the first two are `forward` arguments, the boxes are read by the grounding losses.
+    - `mixup_targets` (with `mixup`): (B, B) soft image-to-text targets for `seeyou_ml.losses.soft_contrastive_loss`; rows sum to 1.
 
     Augmentations draw from the global torch RNG, which `DataLoader` seeds per worker; pass `generator=` to the
     DataLoader for reproducible runs.
@@ -107,7 +47,9 @@ class SeeYouCollator:
         text_augment ([`TextAugment`], *optional*): E.g. [`SynonymReplacement`], [`BackTranslation`] or a
             [`SequentialTextAugment`] of both; it may change a caption's language, and `lang` reports the new one.
         mixup ([`MixUp`], *optional*): Mixes the processed images and adds `mixup_targets`.
-        return_boxes (`bool`, *optional*, defaults to `False`): Add `boxes` (the model's forward takes none yet).
+        return_boxes (`bool`, *optional*, defaults to `False`): Add `boxes`.
+        return_phrases (`bool`, *optional*, defaults to `False`): Add the referring expressions and their boxes; every
+            record then needs a `phrase` and at least one box.
         channels_last (`bool`, *optional*, defaults to `False`): Return `pixel_values` in channels-last memory
             layout (same values), for a vision tower whose weights are channels-last.
         cache_images (`bool`, *optional*, defaults to `False`): Keep every image's processed pixels, keyed by
@@ -141,25 +83,28 @@ class SeeYouCollator:
         return_boxes: bool = False,
         channels_last: bool = False,
         cache_images: bool = False,
+        return_phrases: bool = False,
     ):
         if cache_images and image_augment is not None:
             raise ValueError(
                 f"cache_images=True with image_augment={image_augment!r}: cached pixels would repeat one augmented "
                 "draw; drop one of them."
             )
-        if return_boxes and image_augment is not None and getattr(image_augment, "is_geometric", True):
+        boxes_flag = "return_boxes" if return_boxes else "return_phrases" if return_phrases else None
+        if boxes_flag and image_augment is not None and getattr(image_augment, "is_geometric", True):
             raise ValueError(
-                f"return_boxes=True with image_augment={image_augment!r}, which may move pixels and leave the boxes "
+                f"{boxes_flag}=True with image_augment={image_augment!r}, which may move pixels and leave the boxes "
                 "behind; use RandAugment(ops=PHOTOMETRIC_OPS), or give a custom augmentation is_geometric = False."
             )
-        if return_boxes and mixup is not None:
-            raise ValueError("return_boxes=True with mixup: a mixed image holds two images' objects; drop one of them.")
+        if boxes_flag and mixup is not None:
+            raise ValueError(f"{boxes_flag}=True with mixup: a mixed image holds two images' objects; drop one of them.")
         self.processor = processor
         self.max_length = max_length
         self.image_augment = image_augment
         self.text_augment = text_augment
         self.mixup = mixup
         self.return_boxes = return_boxes
+        self.return_phrases = return_phrases
         self.channels_last = channels_last
         self.cache_images = cache_images
         # image_id -> (processed pixels (3, H, W), input size (width, height))
@@ -181,6 +126,18 @@ class SeeYouCollator:
         limit = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
         return torch.minimum((boxes * scale - offset).clamp(min=0.0), limit)
 
+    def _phrase(self, index: int, record: Mapping[str, Any], size: tuple[int, int]) -> tuple[str, torch.Tensor]:
+        """The record's referring expression and its first box as `(cx, cy, w, h)` in [0, 1] of the processed image."""
+        phrase, boxes = record.get("phrase"), record.get("boxes")
+        if not phrase or not boxes:
+            raise ValueError(
+                f"record {index} of the batch (image_id {record.get('image_id')!r}) has no referring expression "
+                "(`phrase` and `boxes`); return_phrases needs both in every record (the scenes corpus has them)."
+            )
+        out_w, out_h = processed_frame(self.processor.image_processor, *size)[4:]
+        x0, y0, x1, y1 = (self._scaled_boxes(boxes[:1], *size)[0] / torch.tensor([out_w, out_h, out_w, out_h])).tolist()
+        return phrase, torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Collates records.
 
@@ -194,6 +151,7 @@ class SeeYouCollator:
         if not records:
             raise ValueError("SeeYouCollator got an empty batch; check the sampler's batch_size and drop_last.")
         images, sizes, captions, langs, image_ids, boxes = [], [], [], [], [], []
+        phrases, phrase_boxes = [], []
         for index, record in enumerate(records):
             self._check(index, record)
             image_id = str(record["image_id"])
@@ -209,6 +167,10 @@ class SeeYouCollator:
                     image = self.image_augment(image)
             if self.return_boxes:
                 boxes.append(self._scaled_boxes(record.get("boxes"), *size))
+            if self.return_phrases:
+                phrase, box = self._phrase(index, record, size)
+                phrases.append(phrase)
+                phrase_boxes.append(box)
             images.append(image)
             sizes.append(size)
             captions.append(caption)
@@ -233,6 +195,13 @@ class SeeYouCollator:
                     f"mapping expects {expected[0]}x{expected[1]}; its resize rule is not supported with return_boxes."
                 )
             batch["boxes"] = boxes
+        if self.return_phrases:
+            encoded = self.processor(
+                text=phrases, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
+            )
+            batch["phrase_input_ids"] = encoded["input_ids"]
+            batch["phrase_attention_mask"] = encoded["attention_mask"]
+            batch["phrase_boxes"] = torch.stack(phrase_boxes)  # (B, 4)
         if self.mixup is not None:
             batch["pixel_values"], batch["mixup_targets"] = self.mixup(batch["pixel_values"])
         if self.channels_last:
@@ -258,5 +227,6 @@ class SeeYouCollator:
         return (
             f"SeeYouCollator(max_length={self.max_length}, image_augment={self.image_augment!r}, "
             f"text_augment={self.text_augment!r}, mixup={self.mixup!r}, return_boxes={self.return_boxes}, "
-            f"channels_last={self.channels_last}, cache_images={self.cache_images})"
+            f"channels_last={self.channels_last}, cache_images={self.cache_images}, "
+            f"return_phrases={self.return_phrases})"
         )

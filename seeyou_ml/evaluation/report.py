@@ -34,6 +34,14 @@ def format_table(results: dict[str, Any]) -> str:
         grid = [["T→T R@1 query\\target"] + langs]
         grid += [[a] + [f"{matrix[a][b]:.1f}" if b in matrix.get(a, {}) else "-" for b in langs] for a in langs]
         lines += ["", _align(grid)]
+    reranked = results.get("reranked")
+    if reranked:
+        grid = [["re-ranked R@1", "I→T before", "I→T after", "T→I before", "T→I after"]]
+        for lang, scores in list(reranked.items()) + [("mean", results["reranked_mean"])]:
+            before = results["per_language"][lang] if lang != "mean" else results["mean"]
+            grid.append([lang] + [f"{table[f'{direction}/R@1']:.1f}" for direction in ("image_to_text", "text_to_image")
+                                  for table in (before, scores)])
+        lines += ["", _align(grid)]
     zero_shot = results.get("zero_shot")
     if zero_shot:
         grid = [["zero-shot", "accuracy"]] + [[lang, f"{r['accuracy']:.1f}"] for lang, r in zero_shot.items()]

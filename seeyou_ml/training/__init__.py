@@ -12,7 +12,7 @@ from .monitor import (
     TrainingDivergedError,
     TrainingWarning,
 )
-from .objectives import register_loss_term
+from ..losses import register_loss_term
 from .optim import StagedCosineSchedule, build_optimizer, build_param_groups, build_schedule
 from .trainer import StepOutput, TrainOutput, Trainer
 

@@ -29,9 +29,8 @@ from accelerate.utils import set_seed
 
 from ..adapters import add_language_adapter, default_lora_config, train_language_adapters
 from ..data.parallel import ParallelText, load_parallel_text
-from ..losses import contrastive_loss
+from ..losses import contrastive_loss, logit_scale_of, register_loss_term
 from .config import TrainingRecipe
-from .objectives import logit_scale_of, register_loss_term
 from .trainer import Trainer
 
 

@@ -108,7 +108,8 @@ def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last
         caption_index = build_caption_index(train)
     augmentations = build_augmentations(config.augment, caption_index=caption_index)
     return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last,
-                          cache_images=config.cache_images, **vars(augmentations))
+                          cache_images=config.cache_images, return_phrases=config.return_phrases,
+                          **vars(augmentations))
 
 
 def build_batch_sampler(config: DataConfig, dataset: Any, seed: int) -> Any:
@@ -222,14 +223,28 @@ def encoded_images(dataset: Any) -> Any:
 
 
 def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
-    """`evaluate_retrieval`, with zero-shot classification where the corpus has labels and prompts (scenes)."""
+    """`evaluate_retrieval`, with zero-shot classification where the corpus has labels and prompts, and grounding
+    where it has referring expressions with boxes (scenes: [`evaluate_scenes`])."""
     import functools
 
-    from ..data.splits import zero_shot_arguments
+    from ..data.splits import SCENES, zero_shot_arguments
     from ..evaluation import evaluate_retrieval
 
     zero_shot = zero_shot_arguments(config.corpus, dataset)
+    if config.corpus == SCENES:
+        return functools.partial(evaluate_scenes, **zero_shot)
     return functools.partial(evaluate_retrieval, **zero_shot) if zero_shot else evaluate_retrieval
+
+
+def evaluate_scenes(model: Any, processor: Any, dataset: Any, batch_size: int = 64, **kwargs) -> dict:
+    """Retrieval (`evaluate_retrieval`), and grounding under `"grounding"` when the model has a grounding head."""
+    from ..evaluation import evaluate_retrieval
+    from ..evaluation.grounding import evaluate_grounding
+
+    results = evaluate_retrieval(model, processor, dataset, batch_size=batch_size, **kwargs)
+    if getattr(model, "grounding_head", None) is not None:
+        results["grounding"] = evaluate_grounding(model, processor, dataset, batch_size=2 * batch_size)
+    return results
 
 
 __all__ = [
@@ -240,6 +255,7 @@ __all__ = [
     "build_trainer",
     "corpus_tokenizer",
     "encoded_images",
+    "evaluate_scenes",
     "load_split",
     "row_features",
 ]

@@ -107,6 +107,11 @@ class DataConfig:
                           "each process that collates) and load, decode and process each image once; for small "
                           "images with several captions each. Not with image augmentations."},
     )
+    return_phrases: bool = field(
+        default=False,
+        metadata={"help": "Also collate each record's referring expression (`phrase`) and its box, for a model with "
+                          "a grounding head (model.config_overrides.grounding_config) and its loss terms."},
+    )
 
 
 @dataclass

@@ -49,7 +49,24 @@ def run(config: str, overrides: Sequence[str] = (), print_recipe: bool = False) 
     output = trainer.train()
     if trainer.accelerator.is_main_process:
         print_summary(output)
+        _grounding_grid(trainer)
     return output
+
+
+def _grounding_grid(trainer) -> None:
+    """With a grounding head and an eval split that has referring expressions: 16 of its images with gold and
+    predicted boxes, in `grounding_grid.png` of the output directory."""
+    dataset = trainer.eval_dataset
+    if getattr(trainer.unwrapped, "grounding_head", None) is None or dataset is None:
+        return
+    if "phrase" not in dataset.column_names:
+        return
+    from ..evaluation.grounding import grounding_grid
+
+    lang = "en" if "en" in set(dataset["lang"]) else dataset[0]["lang"]
+    path = grounding_grid(trainer.unwrapped.eval(), trainer.processor, dataset,
+                          trainer.output_dir / "grounding_grid.png", lang=lang)
+    print(f"Grounding grid: {path}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[TrainOutput]:

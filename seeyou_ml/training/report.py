@@ -21,6 +21,11 @@ def print_summary(output: TrainOutput) -> None:
             print(format_table(output.metrics))
         if "parallel_text" in output.metrics or "without_adapters" in output.metrics:
             print(format_adapter_table(output.metrics))
+        if "grounding" in output.metrics:
+            from ..evaluation.grounding import format_grounding_table
+
+            print()
+            print(format_grounding_table(output.metrics["grounding"]))
         print(f"Retrieval results: {output.output_dir / RESULTS_NAME}")
 
 

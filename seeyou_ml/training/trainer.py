@@ -42,14 +42,15 @@ from .checkpointing import load_checkpoint, resume_candidates, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
-from .objectives import active_weights, check_loss_terms, compute_losses, logit_scale_of
+from ..losses import active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
 from .precision import resolve_mixed_precision
 from .stages import StageController
 
 logger = logging.getLogger(__name__)
 
-FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "lang", "image_id")
+FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "lang", "image_id", "phrase_input_ids",
+                "phrase_attention_mask")
 HISTORY_NAME = "history.jsonl"
 RESULTS_NAME = "retrieval_results.json"
 RECIPE_NAME = "recipe.yaml"

@@ -1,0 +1,123 @@
+"""What the grounding head costs a training step: time and peak memory with the head vs without.
+
+Two models, random init, batch 16, CPU, fp32:
+- `main`: the main job's model (recipes/scenes-tiny.yaml's model section) with and without its grounding_config;
+- `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
+A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
+attention-IoU with it), backward and an AdamW update. Each (model, head) arm runs in its own process (so its peak RSS
+is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of each arm, the
+ratio of medians, and each arm's largest peak RSS.
+
+    python benchmarks/grounding_cost.py [--models main r50-xlmr] [--steps 5] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BATCH = 16
+
+
+def build(model_name: str, with_head: bool):
+    """The model and the input shapes of one arm."""
+    from seeyou_ml import SeeYouConfig, SeeYouModel
+
+    if model_name == "main":
+        from seeyou_ml.training.build import build_model_and_processor
+        from seeyou_ml.training.config import TrainingRecipe
+
+        recipe = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "scenes-tiny.yaml")
+        if not with_head:
+            recipe.model.config_overrides = {k: v for k, v in recipe.model.config_overrides.items()
+                                             if k != "grounding_config"}
+        model, processor = build_model_and_processor(recipe.model)
+        image_size = recipe.model.preset_kwargs.get("image_size", 64)
+        return model, image_size, len(processor.tokenizer), recipe.model.channels_last
+    from seeyou_ml.training.config import TrainingRecipe
+
+    gpu = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "coco-karpathy-gpu.yaml")
+    config = SeeYouConfig(grounding_config=gpu.model.config_overrides["grounding_config"] if with_head else None)
+    return SeeYouModel(config), 224, config.text_config.vocab_size, False
+
+
+def batch_for(vocab_size: int, image_size: int, channels_last: bool) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab_size, (BATCH, 30), generator=generator)
+    phrase = torch.randint(5, vocab_size, (BATCH, 10), generator=generator)
+    pixels = torch.randn(BATCH, 3, image_size, image_size, generator=generator)
+    if channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    centres = torch.rand(BATCH, 2, generator=generator) * 0.6 + 0.2
+    return {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
+        "image_id": [str(i) for i in range(BATCH)],
+        "phrase_input_ids": phrase, "phrase_attention_mask": torch.ones_like(phrase),
+        "phrase_boxes": torch.cat([centres, torch.full((BATCH, 2), 0.2)], dim=1),
+    }
+
+
+def child(model_name: str, with_head: bool, steps: int) -> None:
+    from seeyou_ml.losses import compute_losses
+
+    torch.manual_seed(0)
+    model, image_size, vocab_size, channels_last = build(model_name, with_head)
+    model.train()
+    batch = batch_for(vocab_size, image_size, channels_last)
+    forward_keys = ["input_ids", "attention_mask", "pixel_values", "image_id"]
+    weights = {"contrastive_loss": 1.0}
+    if with_head:
+        forward_keys += ["phrase_input_ids", "phrase_attention_mask"]
+        weights.update(itm_loss=1.0, box_loss=1.0, attention_iou_loss=1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    times = []
+    for step in range(steps + 1):  # the first step warms up the allocator and oneDNN
+        start = time.perf_counter()
+        outputs = model(**{k: batch[k] for k in forward_keys})
+        total, _ = compute_losses(outputs, batch, model, weights)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"median_s": statistics.median(times), "peak_mb": peak_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["main", "r50-xlmr"], choices=["main", "r50-xlmr"])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per process (after one warm-up step)")
+    parser.add_argument("--rounds", type=int, default=2, help="plain/head process pairs per model, alternating")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "HEAD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1] == "head", args.steps)
+        return
+    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}, batch {BATCH}, fp32")
+    print(f"{'model':<10}{'plain s/step':>14}{'head s/step':>13}{'ratio':>8}{'plain MB':>10}{'head MB':>10}")
+    for name in args.models:
+        runs: dict[str, list[dict]] = {"plain": [], "head": []}
+        for _ in range(args.rounds):
+            for arm in ("plain", "head"):
+                out = subprocess.run([sys.executable, __file__, "--child", name, arm, "--steps", str(args.steps)],
+                                     check=True, capture_output=True, text=True).stdout
+                runs[arm].append(json.loads(out.strip().splitlines()[-1]))
+        plain = statistics.median(r["median_s"] for r in runs["plain"])
+        head = statistics.median(r["median_s"] for r in runs["head"])
+        plain_mb = max(r["peak_mb"] for r in runs["plain"])
+        head_mb = max(r["peak_mb"] for r in runs["head"])
+        print(f"{name:<10}{plain:>14.3f}{head:>13.3f}{head / plain:>8.2f}{plain_mb:>10.0f}{head_mb:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The grounding head: words of a text attend over image regions to find what a phrase refers to.
+
+Fusion layers in the style of ALBEF (Li et al. 2021) and X-VLM (Zeng et al. 2022): the text tower's token states are
+the queries; the cells of the vision tower's feature map (ResNet H x W cells, or ViT patch tokens), each with a 2-D
+sine-cosine position code, are keys and values. Every layer is self-attention over the text, cross-attention to the
+regions and an FFN (pre-norm). Three readouts:
+
+- an image-text matching logit from the first token (`<s>` / `[CLS]`);
+- a box `(cx, cy, w, h)` in [0, 1] for a referring expression: its centre is the attention centroid of the
+  expression's tokens in the last layer (a reference point, as Deformable DETR's) moved by a learned offset, its size
+  regressed from the tokens' mean state;
+- the cross-attention maps of every layer, `(B, heads, T, H*W)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .configuration import SeeYouGroundingConfig
+
+
+@dataclass
+class GroundingHeadOutput(ModelOutput):
+    """Output of [`GroundingHead.forward`].
+
+    Args:
+        itm_logits (`torch.FloatTensor` of shape `(B,)`): Image-text matching logit of each pair.
+        pred_boxes (`torch.FloatTensor` of shape `(B, 4)`): `(cx, cy, w, h)` in [0, 1] of the image.
+        cross_attentions (`tuple[torch.FloatTensor]`): One `(B, heads, T, H*W)` map per layer.
+        expression_attention (`torch.FloatTensor` of shape `(B, H*W)`): The last layer's map, heads averaged, over
+            the expression's tokens (mask-weighted mean); sums to 1 over the cells.
+    """
+
+    itm_logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    expression_attention: torch.FloatTensor | None = None
+
+
+def region_grid(feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The cells of a vision tower's output as a sequence, and the grid they came from.
+
+    Args:
+        feature_map: a CNN map (B, C, H, W), or ViT tokens (B, N, C) with a first class token when N - 1 is a square.
+
+    Returns:
+        `(cells, (H, W))` with cells (B, H*W, C), rows of the grid first.
+    """
+    if feature_map.dim() == 4:
+        height, width = feature_map.shape[-2:]
+        return feature_map.flatten(2).transpose(1, 2), (height, width)  # (B, C, H, W) -> (B, H*W, C)
+    if feature_map.dim() != 3:
+        raise ValueError(f"the grounding head reads a (B, C, H, W) map or (B, N, C) tokens, got {tuple(feature_map.shape)}.")
+    tokens = feature_map.shape[1]
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        side = math.isqrt(tokens - 1)
+        if side * side != tokens - 1:
+            raise ValueError(f"{tokens} vision tokens form no square grid (with or without a class token).")
+        feature_map = feature_map[:, 1:]  # drop the class token, (B, H*W, C)
+    return feature_map, (side, side)
+
+
+def cell_centres(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(H*W, 2) `(x, y)` centres of the cells of an H x W grid over the unit square, rows first."""
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    return torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)
+
+
+def position_code(centres: torch.Tensor, num_frequencies: int) -> torch.Tensor:
+    """Sine-cosine code of `(x, y)` positions, (L, 2) -> (L, 4 * num_frequencies)."""
+    frequencies = math.pi * 2.0 ** torch.arange(num_frequencies, device=centres.device, dtype=centres.dtype)
+    angles = centres[:, :, None] * frequencies  # (L, 2, F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (L, 2, 2F) -> (L, 4F)
+
+
+class FusionLayer(nn.Module):
+    """Self-attention over the text, cross-attention to the image regions, FFN; pre-norm residuals."""
+
+    def __init__(self, config: SeeYouGroundingConfig):
+        super().__init__()
+        d, self.num_heads = config.hidden_size, config.num_attention_heads
+        self.self_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.self_qkv = nn.Linear(d, 3 * d)
+        self.self_out = nn.Linear(d, d)
+        self.cross_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.cross_q = nn.Linear(d, d)
+        self.cross_kv = nn.Linear(d, 2 * d)
+        self.cross_out = nn.Linear(d, d)
+        self.ffn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(nn.Linear(d, config.intermediate_size), nn.GELU(), nn.Linear(config.intermediate_size, d))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, d = x.shape
+        return x.view(batch, length, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, h, L, d/h)
+
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, regions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, d) text, (B, T) mask, (B, L, d) regions -> updated text and the (B, heads, T, L) cross-attention."""
+        batch, length, d = text.shape
+        q, k, v = self.self_qkv(self.self_norm(text)).chunk(3, dim=-1)
+        keep = text_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+        attended = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=keep)
+        text = text + self.self_out(attended.transpose(1, 2).reshape(batch, length, d))  # (B, h, T, d/h) -> (B, T, d)
+
+        q = self._heads(self.cross_q(self.cross_norm(text)))  # (B, h, T, d/h)
+        k, v = (self._heads(x) for x in self.cross_kv(regions).chunk(2, dim=-1))  # (B, h, L, d/h)
+        # Written out rather than with scaled_dot_product_attention: the maps are an output of the head.
+        weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, h, T, L)
+        text = text + self.cross_out((weights @ v).transpose(1, 2).reshape(batch, length, d))
+        text = text + self.ffn(self.ffn_norm(text))
+        return text, weights
+
+
+class GroundingHead(nn.Module):
+    """Cross-modal fusion layers with matching, box and attention readouts (see the module docstring).
+
+    Args:
+        config: the head's settings.
+        text_width: hidden size of the text tower's token states.
+        vision_width: channels of the feature map the head reads.
+    """
+
+    def __init__(self, config: SeeYouGroundingConfig, text_width: int, vision_width: int):
+        super().__init__()
+        d = config.hidden_size
+        self.config = config
+        self.text_in = nn.Linear(text_width, d)
+        self.region_in = nn.Linear(vision_width, d)
+        self.position_in = nn.Linear(4 * config.num_position_frequencies, d)
+        self.region_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(FusionLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.itm = nn.Linear(d, 1)
+        self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+
+    def encode_regions(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Projects a vision feature map to the head's width and adds the cells' position code.
+
+        Args:
+            feature_map: (B, C, H, W) or (B, N, C), see [`region_grid`].
+
+        Returns:
+            `(regions, (H, W))` with regions (B, H*W, d); they can be reused for many texts.
+        """
+        cells, size = region_grid(feature_map)
+        centres = cell_centres(*size, cells.device, cells.dtype)  # (H*W, 2)
+        code = self.position_in(position_code(centres, self.config.num_position_frequencies))  # (H*W, d)
+        return self.region_norm(self.region_in(cells) + code), size
+
+    def encode_text(self, text_states: torch.Tensor) -> torch.Tensor:
+        """Projects the text tower's (B, T, H) token states to the head's width, (B, T, d)."""
+        return self.text_in(text_states)
+
+    def fuse(
+        self,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        regions: torch.Tensor,
+        region_size: tuple[int, int],
+        expression_mask: torch.Tensor | None = None,
+    ) -> GroundingHeadOutput:
+        """Runs the fusion layers on projected inputs (see [`GroundingHead.forward`])."""
+        text_mask = text_mask.to(text.dtype)
+        expression_mask = text_mask if expression_mask is None else expression_mask.to(text.dtype) * text_mask
+        maps = []
+        for layer in self.layers:
+            text, weights = layer(text, text_mask, regions)
+            maps.append(weights)
+        text = self.final_norm(text)
+        itm_logits = self.itm(text[:, 0]).squeeze(-1)  # (B,)
+
+        share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
+        attention = (maps[-1].mean(1) * share[:, :, None]).sum(1)  # (B, h, T, L) -> (B, T, L) -> (B, L)
+        centres = cell_centres(*region_size, attention.device, attention.dtype)  # (L, 2)
+        reference = (attention @ centres).clamp(1e-4, 1 - 1e-4)  # (B, 2), attention centroid
+        pooled = (text * share[:, :, None]).sum(1)  # (B, d)
+        raw = self.box(pooled)  # (B, 4)
+        centre = torch.sigmoid(torch.logit(reference) + raw[:, :2])
+        pred_boxes = torch.cat([centre, torch.sigmoid(raw[:, 2:])], dim=-1)  # (B, 4) cx, cy, w, h
+        return GroundingHeadOutput(
+            itm_logits=itm_logits, pred_boxes=pred_boxes, cross_attentions=tuple(maps), expression_attention=attention
+        )
+
+    def forward(
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        feature_map: torch.Tensor,
+        expression_mask: torch.Tensor | None = None,
+    ) -> GroundingHeadOutput:
+        """Fuses each text with its image.
+
+        Args:
+            text_states: (B, T, H) the text tower's token states (before pooling).
+            text_mask: (B, T), 1 for tokens and 0 for padding.
+            feature_map: (B, C, H', W') ResNet map or (B, N, C) ViT tokens of the paired images.
+            expression_mask: (B, T), 1 on the tokens of the referring expression (a span of a caption); the whole
+                text when omitted.
+
+        Returns:
+            [`GroundingHeadOutput`].
+        """
+        regions, size = self.encode_regions(feature_map)
+        return self.fuse(self.encode_text(text_states), text_mask, regions, size, expression_mask)
+
+
+@dataclass
+class GroundingResult:
+    """What [`ground`] finds for each (image, text) pair.
+
+    Args:
+        boxes: (N, 4) `(x0, y0, x1, y1)` in the pixels of each original image.
+        scores: (N,) image-text matching probability (sigmoid of the matching logit).
+        attention: (N, H, W) the expression's last-layer cross-attention (heads and tokens averaged) on the head's grid.
+        points: (N, 2) `(x, y)` in original pixels where the attention, upsampled bilinearly to the processed
+            image, peaks (pointing).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    attention: torch.Tensor
+    points: torch.Tensor
+
+
+@torch.no_grad()
+def ground(model, processor, images: list, texts: list[str]) -> GroundingResult:
+    """Finds what each text refers to in its image with a model's grounding head.
+
+    Args:
+        model: a [`SeeYouModel`] with a grounding head.
+        processor: its [`SeeYouProcessor`].
+        images: N images (PIL images, paths, or anything the corpora's `image` column holds).
+        texts: N referring expressions; text i is grounded in image i.
+
+    Returns:
+        [`GroundingResult`], in the original images' pixels.
+    """
+    from .images import load_image
+    from .processing import processed_frame
+
+    if getattr(model, "grounding_head", None) is None:
+        raise ValueError("this model has no grounding head; train one with `grounding_config` set in its config.")
+    if len(images) != len(texts):
+        raise ValueError(f"ground got {len(images)} images and {len(texts)} texts; give one text per image.")
+    pil = [load_image(image) for image in images]
+    device = next(model.parameters()).device
+    pixel_values = processor(images=pil, return_tensors="pt")["pixel_values"].to(device)
+    encoded = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True).to(device)
+    text_states = model.get_text_features(encoded["input_ids"], encoded["attention_mask"]).last_hidden_state
+    vision = model.get_image_features(pixel_values)
+    out = model.grounding_head(text_states, encoded["attention_mask"], model.grounding_feature_map(vision))
+    height, width = region_grid(model.grounding_feature_map(vision))[1]
+    attention = out.expression_attention.float().view(-1, 1, height, width)  # (N, H*W) -> (N, 1, H, W)
+    out_h, out_w = pixel_values.shape[-2:]
+    upsampled = F.interpolate(attention, size=(out_h, out_w), mode="bilinear", align_corners=False).flatten(1)
+    peak = upsampled.argmax(dim=-1)  # (N,), index into the processed image's pixels
+    boxes, points = [], []
+    for i, image in enumerate(pil):
+        scale_x, scale_y, offset_x, offset_y, frame_w, frame_h = processed_frame(processor.image_processor, *image.size)
+        cx, cy, w, h = out.pred_boxes[i].float().cpu().tolist()
+        # (cx, cy, w, h) in [0, 1] of the processed image -> its pixels -> the original image's pixels.
+        corners = torch.tensor([(cx - w / 2) * frame_w, (cy - h / 2) * frame_h, (cx + w / 2) * frame_w,
+                                (cy + h / 2) * frame_h])
+        offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
+        scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
+        boxes.append((corners + offset) / scale)
+        row, col = divmod(int(peak[i]), out_w)
+        points.append(torch.tensor([(col + 0.5 + offset_x) / scale_x, (row + 0.5 + offset_y) / scale_y]))
+    return GroundingResult(
+        boxes=torch.stack(boxes),
+        scores=torch.sigmoid(out.itm_logits.float()).cpu(),
+        attention=attention[:, 0].cpu(),
+        points=torch.stack(points),
+    )
+
+
+__all__ = [
+    "GroundingHead",
+    "GroundingHeadOutput",
+    "GroundingResult",
+    "cell_centres",
+    "ground",
+    "position_code",
+    "region_grid",
+]

@@ -1,0 +1,164 @@
+"""The grounding head: shapes and gradients over tower kinds, save/load, ground() and the grounding metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import BertConfig, ResNetConfig, ViTConfig, XLMRobertaConfig
+
+from seeyou_ml import SeeYouConfig, SeeYouModel
+from seeyou_ml.evaluation.grounding import evaluate_grounding, format_grounding_table, grounding_grid
+from seeyou_ml.presets import tiny_config, tiny_processor
+
+HEAD = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+
+VISION = {
+    "resnet": lambda: ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+    "vit": lambda: ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             image_size=32, patch_size=8),
+}
+TEXT = {
+    "xlm-roberta": lambda: XLMRobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=32, max_position_embeddings=40),
+    "bert": lambda: BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=40),
+}
+
+
+def _inputs(batch: int = 3):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 50, (batch, 7), generator=generator)
+    phrase = torch.randint(5, 50, (batch, 4), generator=generator)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(batch, 3, 32, 32, generator=generator),
+        "phrase_input_ids": phrase,
+        "phrase_attention_mask": torch.ones_like(phrase),
+    }
+
+
+@pytest.mark.parametrize("text", sorted(TEXT))
+@pytest.mark.parametrize("vision", sorted(VISION))
+def test_head_outputs_have_their_shapes_and_every_head_weight_gets_a_gradient(vision, text):
+    torch.manual_seed(0)
+    config = SeeYouConfig(vision_config=VISION[vision](), text_config=TEXT[text](), projection_dim=8,
+                          grounding_config=HEAD)
+    model = SeeYouModel(config)
+    out = model(**_inputs())
+    grid = (4, 4)  # ResNet: 32 px, stem /4, second stage /2; ViT: 32 px in 8 px patches
+    assert out.region_size == grid
+    assert out.itm_logits.shape == (3,)
+    assert out.pred_boxes.shape == (3, 4) and ((out.pred_boxes > 0) & (out.pred_boxes < 1)).all()
+    assert len(out.cross_attentions) == 2
+    assert all(a.shape == (3, 2, 4, grid[0] * grid[1]) for a in out.cross_attentions)
+    torch.testing.assert_close(out.cross_attentions[0].sum(-1), torch.ones(3, 2, 4))
+    (out.itm_logits.sum() + out.pred_boxes.sum()).backward()
+    missing = [n for n, p in model.grounding_head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert model.text_model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_a_finer_resnet_stage_gives_a_finer_grid():
+    config = tiny_config(vocab_size=50, vision_widths=(8, 16, 32), vision_depths=(1, 1, 1),
+                         grounding_config=dict(HEAD, feature_stage=-2))
+    out = SeeYouModel(config)(**_inputs())
+    assert out.region_size == (4, 4)  # 32 px: stem /4, stage 2 /2 -> 4 x 4; the last stage would be 2 x 2
+    assert SeeYouModel(config).grounding_head.region_in.in_features == 16
+
+
+def test_a_caption_span_gives_the_box_when_no_phrase_is_given():
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD)).eval()
+    inputs = {k: v for k, v in _inputs().items() if not k.startswith("phrase")}
+    span = torch.zeros(3, 7, dtype=torch.long)
+    span[:, 2:4] = 1
+    out = model(**inputs, phrase_token_mask=span)
+    head = model.grounding_head(out.text_model_output.last_hidden_state, inputs["attention_mask"],
+                                out.vision_model_output.last_hidden_state, span)
+    torch.testing.assert_close(out.pred_boxes, head.pred_boxes)
+    assert model(**inputs).pred_boxes is None
+
+
+def test_save_and_load_with_a_head_and_a_checkpoint_without_one(tmp_path):
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD)).eval()
+    model.save_pretrained(tmp_path / "head")
+    assert (tmp_path / "head" / "model.safetensors").exists()
+    loaded, info = SeeYouModel.from_pretrained(tmp_path / "head", output_loading_info=True)
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    with torch.no_grad():
+        expected, got = model(**_inputs()), loaded.eval()(**_inputs())
+    torch.testing.assert_close(got.pred_boxes, expected.pred_boxes)
+    torch.testing.assert_close(got.itm_logits, expected.itm_logits)
+
+    plain = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16))).eval()
+    plain.save_pretrained(tmp_path / "plain")
+    loaded, info = SeeYouModel.from_pretrained(tmp_path / "plain", output_loading_info=True)
+    assert loaded.grounding_head is None and not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**_inputs()).image_embeds, plain(**_inputs()).image_embeds)
+
+
+def _centred_model(tokenizer):
+    """A model whose head attends uniformly and predicts the box (0.5, 0.5, 0.5, 0.5): centre of the image, half its
+    width and height."""
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=len(tokenizer), vision_widths=(8, 16), max_text_length=32,
+                                    grounding_config=HEAD)).eval()
+    with torch.no_grad():
+        for layer in model.grounding_head.layers:
+            layer.cross_q.weight.zero_()
+            layer.cross_q.bias.zero_()
+        model.grounding_head.box[-1].weight.zero_()
+        model.grounding_head.box[-1].bias.zero_()
+    return model
+
+
+def test_ground_returns_boxes_and_points_in_the_original_pixels(tiny_tokenizer):
+    model = _centred_model(tiny_tokenizer)
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    result = model.ground([Image.new("RGB", (128, 96)), Image.new("RGB", (40, 40))], ["a red circle", "a star"],
+                          processor)
+    torch.testing.assert_close(result.boxes, torch.tensor([[32.0, 24.0, 96.0, 72.0], [10.0, 10.0, 30.0, 30.0]]))
+    torch.testing.assert_close(result.attention, torch.full((2, 4, 4), 1 / 16))
+    # A flat map peaks at its first pixel: (0.5, 0.5) of the 32-px image, scaled back by 128/32 and 96/32.
+    torch.testing.assert_close(result.points[0], torch.tensor([2.0, 1.5]))
+    assert ((result.scores > 0) & (result.scores < 1)).all()
+
+
+def test_ground_names_a_model_without_a_head(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="no grounding head"):
+        tiny_model.ground([Image.new("RGB", (32, 32))], ["a star"], tiny_processor(tiny_tokenizer, 32))
+
+
+def test_grounding_metrics_against_known_boxes(tiny_tokenizer, tmp_path):
+    from datasets import Dataset
+
+    model = _centred_model(tiny_tokenizer)
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    # The prediction is always [16, 16, 48, 48] in a 64-px image and the flat map peaks at its top-left pixel. Gold:
+    # the predicted box itself (pointing misses), a box around the top-left corner (pointing hits) and a quarter of
+    # the predicted box (German).
+    records = {
+        "image": [Image.new("RGB", (64, 64))] * 3,
+        "phrase": ["the star", "the star to the left of the circle", "der Stern"],
+        "boxes": [[[16, 16, 48, 48]], [[0, 0, 32, 32]], [[16, 16, 32, 32]]],
+        "lang": ["en", "en", "de"],
+        "image_id": ["0", "1", "0"],
+        "held_out": [True, False, True],
+    }
+    results = evaluate_grounding(model, processor, Dataset.from_dict(records), batch_size=2)
+    en, de = results["per_language"]["en"], results["per_language"]["de"]
+    # IoU of [16, 48]^2 with [0, 32]^2: 16*16 / (32*32 * 2 - 16*16) = 1/7; with [16, 32]^2: 16*16 / 32*32 = 1/4.
+    assert en["acc@0.5"] == pytest.approx(50.0) and en["mean_iou"] == pytest.approx(100 * (1 + 1 / 7) / 2, abs=1e-4)
+    assert en["pointing"] == pytest.approx(50.0) and en["count"] == 2
+    assert de["acc@0.5"] == 0 and de["mean_iou"] == pytest.approx(25.0, abs=1e-4) and de["pointing"] == 0
+    groups = results["groups"]
+    assert groups["relational"]["count"] == 1 and groups["relational"]["pointing"] == 100
+    assert groups["plain"]["count"] == 2 and groups["held-out images"]["count"] == 2
+    table = format_grounding_table(results)
+    assert "Acc@0.5" in table and "relational" in table
+    grid = grounding_grid(model, processor, Dataset.from_dict(records), tmp_path / "grid.png", num_images=2)
+    assert Image.open(grid).size == (4 * 256, 256 + 28)
