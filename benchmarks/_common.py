@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -96,6 +97,43 @@ def seeyou_from_vtde(vtde: Any, text_pooling: str = "pooler") -> Any:
         raise RuntimeError(f"VTDE and SeeYouModel weights do not line up: missing {missing}, unexpected {unexpected}.")
     model.config.text_pooling = text_pooling
     return model
+
+
+def fastest_adamw(parameters, **kwargs: Any) -> torch.optim.AdamW:
+    """`torch.optim.AdamW` with the fastest step torch offers for these parameters: the fused kernel where their
+    device has one, else the multi-tensor (`foreach`) loop; never the per-tensor loop.
+
+    Args:
+        parameters: parameters or parameter groups, as for `torch.optim.AdamW`.
+        **kwargs: `lr`, `weight_decay`, ... as for `torch.optim.AdamW`.
+    """
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    parameters = list(parameters)
+    first = parameters[0]["params"][0] if isinstance(parameters[0], dict) else parameters[0]
+    if first.device.type in _get_fused_kernels_supported_devices():
+        return torch.optim.AdamW(parameters, fused=True, **kwargs)
+    return torch.optim.AdamW(parameters, foreach=True, **kwargs)
+
+
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """`"fused"`, `"foreach"` or `"per-tensor"`: which implementation `optimizer.step()` runs."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+    defaults = optimizer.defaults
+    if defaults.get("fused"):
+        return "fused"
+    if defaults.get("foreach"):
+        return "foreach"
+    # `foreach=None` lets torch choose; it picks the multi-tensor loop only for CUDA tensors.
+    devices = {p.device.type for group in optimizer.param_groups for p in group["params"]}
+    return "foreach" if defaults.get("foreach") is None and devices == {"cuda"} else "per-tensor"
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """Median and the 25th/75th percentiles of `values`."""
+    ordered = sorted(values)
+    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+    return quartiles[1], quartiles[0], quartiles[2]
 
 
 def flickr_tokenizer(cache_dir: Path = CACHE_DIR / "flickr8k_tokenizer", vocab_size: int = 8000) -> Any:
