@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.samplers import read_columns
+from ..processing import to_rgb
 from .cache import CorpusEmbeddings, corpus_fingerprint, load_embeddings, save_embeddings
 from .retrieval import bidirectional_topk, recall_from_topk, retrieval_recall
 
@@ -34,10 +35,12 @@ def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]
 def _as_rgb(image: Any) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:
-            return opened.convert("RGB")
+            rgb = to_rgb(opened)
+            rgb.load()
+            return rgb
     if isinstance(image, dict) and image.get("path"):  # an undecoded `datasets.Image` value
         return _as_rgb(image["path"])
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 @torch.inference_mode()
