@@ -212,6 +212,26 @@ def evaluate_per_language(model: Any, processor: Any, dataset: Any, batch_size: 
     return results["per_language"]
 
 
+# glibc places every block of 64 KB or more in its own mapping, so that freeing a tensor returns its pages and resident
+# memory follows the live tensors (by default freed heap pages stay resident and later allocations reuse them).
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def resident_mb(field: str) -> float:
+    """`VmRSS` (now) or `VmHWM` (peak since the last reset) of this process, in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line; this benchmark needs Linux.")
+
+
+def reset_peak() -> None:
+    """Sets this process's `VmHWM` back to its current resident size (Linux `clear_refs` code 5)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text table with right-aligned columns (floats to 2 decimals)."""
     cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows]

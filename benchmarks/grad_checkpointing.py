@@ -26,24 +26,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
-def resident_mb(field: str) -> float:
-    """`VmRSS` (now) or `VmHWM` (peak since the last reset) of this process, in MB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field} line; this benchmark needs Linux.")
-
-
-def reset_peak() -> None:
-    """Sets this process's `VmHWM` back to its current resident size (Linux `clear_refs` code 5)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
+from _common import MEMORY_ENV, reset_peak, resident_mb  # noqa: E402
 
 
 def build(args: argparse.Namespace, adamw: bool = False):

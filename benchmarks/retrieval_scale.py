@@ -33,29 +33,16 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import MEMORY_ENV, reset_peak, resident_mb  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CAPTIONS_PER_IMAGE = 5
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
-def _resident_mb(field: str) -> float:
-    """`VmRSS` (now) or `VmHWM` (peak since the last reset) of this process, in MB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field} line; this benchmark needs Linux.")
-
-
-def _reset_peak() -> None:
-    """Sets this process's `VmHWM` back to its current resident size (Linux `clear_refs` code 5)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-
-
 def _buffers_mb(method: str, n: int, m: int, k: int, chunk_size: int, dtype: torch.dtype) -> float:
     """The method's own buffers: top-k lists (fp32 score + int64 index per entry) and score tiles."""
     tile = min(chunk_size, n) * min(chunk_size, m)
@@ -85,8 +72,8 @@ def _run_child(method: str, n: int, m: int, dim: int, dtype_name: str, chunk_siz
     images = _unit_vectors(n, dim, 0, dtype)
     captions = _unit_vectors(m, dim, 1, dtype)
     owners = torch.arange(m) % n
-    baseline = _resident_mb("VmRSS")
-    _reset_peak()
+    baseline = resident_mb("VmRSS")
+    reset_peak()
     start = time.perf_counter()
     recalls = None
     if method == "gemm":
@@ -111,7 +98,7 @@ def _run_child(method: str, n: int, m: int, dim: int, dtype_name: str, chunk_siz
     else:
         raise ValueError(f"unknown method {method!r}; use gemm, tiled or naive.")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_extra_mb": _resident_mb("VmHWM") - baseline, "inputs_mb": baseline,
+    return {"seconds": seconds, "peak_extra_mb": resident_mb("VmHWM") - baseline, "inputs_mb": baseline,
             "buffers_mb": _buffers_mb(method, n, m, k, chunk_size, dtype), "recalls": recalls}
 
 
