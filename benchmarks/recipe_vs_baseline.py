@@ -33,7 +33,7 @@ over seeds and the ours/baseline ratio per seed, so a ratio is quoted only with 
 Evaluation: R@1/5/10 per val language, image→text and text→image, by `seeyou_ml.evaluation.evaluate_retrieval`
 over L2-normalised embeddings (VTDE's features are normalised by a wrapper; see `_common.evaluate_per_language`).
 
-    python benchmarks/recipe_vs_baseline.py                                   # 480 s per arm and seed
+    python benchmarks/recipe_vs_baseline.py       # sweep 4 × 120 s, then 240 s per arm and seed: ~20 min on 2 cores
     python benchmarks/recipe_vs_baseline.py --budget-seconds 60 --max-train-images 1000 --seeds 0   # smoke test
     python benchmarks/recipe_vs_baseline.py --ours-text-pooling pooler               # ablation: VTDE's readout
 
@@ -93,7 +93,8 @@ BASELINE_LR_SWEEP = "1e-4,3e-4,1e-3,3e-3"
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--budget-seconds", type=float, default=480.0, help="Wall-clock training budget per arm.")
+    parser.add_argument("--budget-seconds", type=float, default=240.0,
+                        help="Wall-clock training budget per arm and seed.")
     parser.add_argument("--max-train-images", type=int, default=None,
                         help="Train on the captions of the first N train images only (quick runs).")
     parser.add_argument("--recipe", default=str(RECIPE_FILE),
@@ -105,8 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Baseline peak learning rate; by default the best of --baseline-lr-sweep on val.")
     parser.add_argument("--baseline-lr-sweep", default=BASELINE_LR_SWEEP,
                         help="Learning rates the baseline tries (first seed, side by side, scored on val R@10).")
-    parser.add_argument("--sweep-seconds", type=float, default=None,
-                        help="Budget of each sweep run (default: --budget-seconds).")
+    parser.add_argument("--sweep-seconds", type=float, default=120.0,
+                        help="Budget of each sweep run (the sweep's runs share the cores, so rates are compared with "
+                             "each other, not with the final runs).")
     parser.add_argument("--ours-text-pooling", choices=["pooler", "mean", "cls"], default="mean",
                         help="How our model reads a caption out of the (same) text tower: `mean` is SeeYouModel's "
                              "default; `pooler` is VTDE's tanh pooler over <s> (identical model).")
@@ -344,7 +346,7 @@ def sweep_baseline_lr(args: argparse.Namespace, work_dir: Path) -> float:
     rates = [float(rate) for rate in args.baseline_lr_sweep.split(",")]
     seed = args.seed_list[0]
     sweep_args = copy.copy(args)
-    sweep_args.budget_seconds = args.sweep_seconds or args.budget_seconds
+    sweep_args.budget_seconds = args.sweep_seconds
     arms = {f"sweep-lr{rate:g}": ["--arm", "baseline", "--seed", str(seed), "--baseline-lr", str(rate)]
             for rate in rates}
     results = run_arms(arms, sweep_args, work_dir)
