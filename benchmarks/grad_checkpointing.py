@@ -135,7 +135,6 @@ def main() -> None:
 
     plain, ckpt = results["plain"], results["checkpointed"]
     print(f"ResNet-50 + XLM-R base, batch {args.batch_size}, {args.image_size} px, {args.seq_len} tokens, CPU fp32")
-    print(f"{'':<22}{'plain':>12}{'checkpointed':>14}{'ratio':>8}")
     rows = (("activation_mb", "activation peak (MB)"), ("peak_mb", "peak, SGD, per-block mmap (MB)"),
             ("user_peak_mb", "process peak, AdamW, default allocator (MB)"), ("step_s", "step time (s)"))
     width = max(len(label) for _, label in rows) + 2
