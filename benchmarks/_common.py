@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -98,6 +99,43 @@ def seeyou_from_vtde(vtde: Any, text_pooling: str = "pooler") -> Any:
     return model
 
 
+def fastest_adamw(parameters, **kwargs: Any) -> torch.optim.AdamW:
+    """`torch.optim.AdamW` with the fastest step torch offers for these parameters: the fused kernel where their
+    device has one, else the multi-tensor (`foreach`) loop; never the per-tensor loop.
+
+    Args:
+        parameters: parameters or parameter groups, as for `torch.optim.AdamW`.
+        **kwargs: `lr`, `weight_decay`, ... as for `torch.optim.AdamW`.
+    """
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    parameters = list(parameters)
+    first = parameters[0]["params"][0] if isinstance(parameters[0], dict) else parameters[0]
+    if first.device.type in _get_fused_kernels_supported_devices():
+        return torch.optim.AdamW(parameters, fused=True, **kwargs)
+    return torch.optim.AdamW(parameters, foreach=True, **kwargs)
+
+
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """`"fused"`, `"foreach"` or `"per-tensor"`: which implementation `optimizer.step()` runs."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+    defaults = optimizer.defaults
+    if defaults.get("fused"):
+        return "fused"
+    if defaults.get("foreach"):
+        return "foreach"
+    # `foreach=None` lets torch choose; it picks the multi-tensor loop only for CUDA tensors.
+    devices = {p.device.type for group in optimizer.param_groups for p in group["params"]}
+    return "foreach" if defaults.get("foreach") is None and devices == {"cuda"} else "per-tensor"
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """Median and the 25th/75th percentiles of `values`."""
+    ordered = sorted(values)
+    quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+    return quartiles[1], quartiles[0], quartiles[2]
+
+
 def flickr_tokenizer(cache_dir: Path = CACHE_DIR / "flickr8k_tokenizer", vocab_size: int = 8000) -> Any:
     """A SentencePiece tokenizer (XLM-R layout) trained on all flickr8k-multi train captions, cached on disk."""
     from transformers import XLMRobertaTokenizer
@@ -172,6 +210,26 @@ def evaluate_per_language(model: Any, processor: Any, dataset: Any, batch_size: 
     results = evaluate_retrieval(NormalizedFeatures(model), processor, dataset, batch_size=batch_size,
                                  text_to_text=False, progress=False)
     return results["per_language"]
+
+
+# glibc places every block of 64 KB or more in its own mapping, so that freeing a tensor returns its pages and resident
+# memory follows the live tensors (by default freed heap pages stay resident and later allocations reuse them).
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def resident_mb(field: str) -> float:
+    """`VmRSS` (now) or `VmHWM` (peak since the last reset) of this process, in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line; this benchmark needs Linux.")
+
+
+def reset_peak() -> None:
+    """Sets this process's `VmHWM` back to its current resident size (Linux `clear_refs` code 5)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -10,22 +10,31 @@ wall-clock budget on flickr8k-multi train and scored with the same evaluator on 
   The recipe comes from `recipes/flickr8k-multi.yaml` when it exists (else the defaults below), run with
   `max_train_seconds` = the budget and `schedule_by: time`, so its stages, warmup and cosine are laid over the
   budget and end with it whatever the step time.
-- **baseline**: `VisionTextDualEncoderModel` trained the way transformers'
-  `examples/pytorch/contrastive-image-text/run_clip.py` does: captions tokenised up front padded to
-  `max_seq_length=128`, images transformed on the fly, a `collate_fn` returning `pixel_values`, `input_ids`,
-  `attention_mask` and `return_loss=True`, `Trainer` with the example's documented hyper-parameters (batch 64,
-  lr 5e-5, warmup 0, weight decay 0.1, otherwise `TrainingArguments` defaults: AdamW, linear decay over 3 epochs,
-  clipping at 1.0, random caption order). A `TrainerCallback` stops it when the budget is spent.
+- **baseline**: `VisionTextDualEncoderModel` trained with transformers' `Trainer` as in
+  `examples/pytorch/contrastive-image-text/run_clip.py` (captions tokenised up front, images transformed on the fly,
+  a `collate_fn` returning `pixel_values`, `input_ids`, `attention_mask` and `return_loss=True`, batch 64, weight
+  decay 0.1, the Trainer's default AdamW, clipping at 1.0, random caption order), with what a run_clip user would
+  choose for towers trained from scratch rather than the example's settings for pretrained ones: its own learning
+  rate, picked by a small sweep scored on val (`--baseline-lr-sweep`; skipped when `--baseline-lr` is given),
+  dynamic padding to the longest caption of the batch with the same maximum length as ours (not 128 for every
+  caption), the same precision as ours, and a cosine schedule laid over the same budget with the same warmup share
+  (not a linear decay over 3 epochs that barely moves within the budget). A `TrainerCallback` stops it when the
+  budget is spent.
+
+Not equalised, because it is what the two models are: VTDE reads a caption out with the text tower's tanh pooler over
+`<s>`, SeeYouModel by mean pooling (`--ours-text-pooling pooler` gives ours VTDE's readout, the same model).
 
 Both use the same tokenizer (SentencePiece trained on the train captions, cached under outputs/benchmarks), the same
 image processor (resize to the tower's size, ImageNet statistics), the same threads and no data workers. Data loading
-counts against both budgets. Each arm runs in its own process; by default the two run side by side, so that on a
-shared machine both see the same background load. Evaluation: R@1/5/10 per val language, image→text and
-text→image, by `seeyou_ml.evaluation.evaluate_retrieval` over L2-normalised embeddings (VTDE's features are
-normalised by a wrapper; see `_common.evaluate_per_language`).
+counts against both budgets. Each arm runs in its own process; the runs of one seed (and the sweep's runs) go side
+by side, so that on a shared machine they see the same background load. Every arm runs once per seed (`--seeds`,
+default 0,1,2: the shared initialisation and both data orders); the report gives each seed's figures, the spread
+over seeds and the ours/baseline ratio per seed, so a ratio is quoted only with the spread it survives.
+Evaluation: R@1/5/10 per val language, image→text and text→image, by `seeyou_ml.evaluation.evaluate_retrieval`
+over L2-normalised embeddings (VTDE's features are normalised by a wrapper; see `_common.evaluate_per_language`).
 
-    python benchmarks/recipe_vs_baseline.py                                   # 480 s per arm
-    python benchmarks/recipe_vs_baseline.py --budget-seconds 60 --max-train-images 1000   # smoke test
+    python benchmarks/recipe_vs_baseline.py       # sweep 4 × 120 s, then 240 s per arm and seed: ~20 min on 2 cores
+    python benchmarks/recipe_vs_baseline.py --budget-seconds 60 --max-train-images 1000 --seeds 0   # smoke test
     python benchmarks/recipe_vs_baseline.py --ours-text-pooling pooler               # ablation: VTDE's readout
 
 The readout is part of our recipe: with VTDE's (`pooler`: tanh over the `<s>` token) the randomly initialised text
@@ -38,12 +47,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,6 +69,7 @@ from _common import (  # noqa: E402
     format_table,
     load_average,
     load_flickr,
+    optimizer_kind,
     seeyou_from_vtde,
 )
 
@@ -73,14 +85,16 @@ DEFAULT_RECIPE = {
     "optim": {"lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 50, "min_lr_ratio": 0.0, "max_grad_norm": 1.0},
     "stages": [{"name": "joint", "steps": 1000}],
 }
-RUN_CLIP_ARGS = {"per_device_train_batch_size": 64, "learning_rate": 5e-5, "warmup_steps": 0, "weight_decay": 0.1}
+RUN_CLIP_ARGS = {"per_device_train_batch_size": 64, "weight_decay": 0.1}
 RUN_CLIP_MAX_SEQ_LENGTH = 128
+BASELINE_LR_SWEEP = "1e-4,3e-4,1e-3,3e-3"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--budget-seconds", type=float, default=480.0, help="Wall-clock training budget per arm.")
+    parser.add_argument("--budget-seconds", type=float, default=240.0,
+                        help="Wall-clock training budget per arm and seed.")
     parser.add_argument("--max-train-images", type=int, default=None,
                         help="Train on the captions of the first N train images only (quick runs).")
     parser.add_argument("--recipe", default=str(RECIPE_FILE),
@@ -88,15 +102,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "here). Built-in defaults when the file does not exist.")
     parser.add_argument("--ours-lr", type=float, default=None,
                         help="Peak learning rate of our recipe (default: the recipe's; for ablations).")
-    parser.add_argument("--baseline-lr", type=float, default=RUN_CLIP_ARGS["learning_rate"],
-                        help="Baseline learning rate (run_clip's documented 5e-5 by default; for ablations).")
+    parser.add_argument("--baseline-lr", type=float, default=None,
+                        help="Baseline peak learning rate; by default the best of --baseline-lr-sweep on val.")
+    parser.add_argument("--baseline-lr-sweep", default=BASELINE_LR_SWEEP,
+                        help="Learning rates the baseline tries (first seed, side by side, scored on val R@10).")
+    parser.add_argument("--sweep-seconds", type=float, default=120.0,
+                        help="Budget of each sweep run (the sweep's runs share the cores, so rates are compared with "
+                             "each other, not with the final runs).")
     parser.add_argument("--ours-text-pooling", choices=["pooler", "mean", "cls"], default="mean",
                         help="How our model reads a caption out of the (same) text tower: `mean` is SeeYouModel's "
                              "default; `pooler` is VTDE's tanh pooler over <s> (identical model).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the shared initialisation and of both runs.")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="Seeds (each: the shared initialisation and both runs' data order and dropout).")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--tag", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each arm.")
-    parser.add_argument("--sequential", action="store_true",
-                        help="Run the arms one after the other (default: side by side, one process each).")
     parser.add_argument("--work-dir", default=str(CACHE_DIR / "recipe_vs_baseline"), help="Scratch directory.")
     parser.add_argument("--arm", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -140,13 +161,13 @@ def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
     from seeyou_ml.training.build import build_batch_sampler, build_collator
     from seeyou_ml.training.trainer import Trainer, make_accelerator
 
-    output_dir = work_dir / "ours"
+    output_dir = work_dir / args.tag
     shutil.rmtree(output_dir, ignore_errors=True)
     recipe, from_file = our_recipe(args, output_dir)
     tokenizer = flickr_tokenizer()
     sizes = TowerSizes()
     processor = tiny_processor(tokenizer, image_size=sizes.image_size)
-    model = seeyou_from_vtde(VisionTextDualEncoderModel.from_pretrained(str(work_dir / "init")),
+    model = seeyou_from_vtde(VisionTextDualEncoderModel.from_pretrained(str(work_dir / f"init-{args.seed}")),
                              text_pooling=args.ours_text_pooling)
     train = load_flickr("train", args.max_train_images)
     accelerator = make_accelerator(recipe)
@@ -175,37 +196,66 @@ def run_ours(args: argparse.Namespace, work_dir: Path) -> dict:
 # ---- the run_clip baseline --------------------------------------------------------------------------------------
 
 
+def warmup_cosine_by_time(budget_seconds: float, warmup_share: float, clock: dict) -> Callable[[int], float]:
+    """Learning-rate factor at the elapsed share of the budget: linear warmup over `warmup_share`, then cosine to 0
+    at the end of the budget (what `schedule_by: time` lays over ours). `clock["start"]` is set when training
+    begins."""
+
+    def factor(_step: int) -> float:
+        if clock.get("start") is None:
+            return 0.0
+        share = min((time.perf_counter() - clock["start"]) / budget_seconds, 1.0)
+        if share < warmup_share:
+            return share / warmup_share
+        return 0.5 * (1.0 + math.cos(math.pi * (share - warmup_share) / (1.0 - warmup_share)))
+
+    return factor
+
+
 def run_baseline(args: argparse.Namespace, work_dir: Path) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments, VisionTextDualEncoderModel
 
     from seeyou_ml.presets import tiny_processor
 
-    class WallClockStop(TrainerCallback):
-        """Stops training at the first step end past the budget."""
+    recipe, _ = our_recipe(args, work_dir / "unused")
+    budget = args.budget_seconds
+    # The same warmup share of the run as ours: its warmup steps over its scheduled steps.
+    warmup_share = min(recipe.optim.warmup_steps / max(sum(stage.steps for stage in recipe.stages), 1), 0.5)
+    clock = {"start": None}
 
-        def __init__(self, seconds: float):
-            self.seconds = seconds
-            self.started = None
+    class WallClockStop(TrainerCallback):
+        """Starts the schedule's clock and stops training at the first step end past the budget."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+            clock["start"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.perf_counter() - self.started >= self.seconds:
+            if time.perf_counter() - clock["start"] >= budget:
                 control.should_training_stop = True
 
-    output_dir = work_dir / "baseline"
+    class CosineOverBudget(Trainer):
+        """transformers' Trainer with its schedule following the clock: warmup + cosine laid over the budget."""
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                factor = warmup_cosine_by_time(budget, warmup_share, clock)
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+            return self.lr_scheduler
+
+    output_dir = work_dir / args.tag
     shutil.rmtree(output_dir, ignore_errors=True)
     tokenizer = flickr_tokenizer()
     sizes = TowerSizes()
     processor = tiny_processor(tokenizer, image_size=sizes.image_size)
-    model = VisionTextDualEncoderModel.from_pretrained(str(work_dir / "init"))
+    model = VisionTextDualEncoderModel.from_pretrained(str(work_dir / f"init-{args.seed}"))
     train = load_flickr("train", args.max_train_images)
+    max_length = recipe.data.max_length
 
-    # As run_clip: tokenise every caption once, padded to max_seq_length; transform images when a row is read.
+    # As run_clip: tokenise every caption once; transform images when a row is read. Unlike run_clip, no padding
+    # here: each batch is padded to its longest caption, as our collator does.
     def tokenize_captions(captions):
-        return tokenizer(captions, max_length=RUN_CLIP_MAX_SEQ_LENGTH, padding="max_length", truncation=True)
+        return tokenizer(captions, max_length=max_length, truncation=True)
 
     train = train.map(tokenize_captions, input_columns=["caption"], batched=True, desc="tokenize captions")
 
@@ -217,29 +267,34 @@ def run_baseline(args: argparse.Namespace, work_dir: Path) -> dict:
     train.set_transform(transform_images)
 
     def collate_fn(examples):
+        text = tokenizer.pad([{"input_ids": example["input_ids"]} for example in examples], padding="longest",
+                             return_tensors="pt")
         return {
             "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-            "input_ids": torch.tensor([example["input_ids"] for example in examples], dtype=torch.long),
-            "attention_mask": torch.tensor([example["attention_mask"] for example in examples], dtype=torch.long),
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
             "return_loss": True,
         }
 
     training_args = TrainingArguments(
         output_dir=str(output_dir),
-        **{**RUN_CLIP_ARGS, "learning_rate": args.baseline_lr},
+        **RUN_CLIP_ARGS,
+        learning_rate=args.baseline_lr,
+        max_steps=10**9,  # the budget ends the run; the schedule follows the clock, not a step count
+        bf16=args.precision == "bf16",
         remove_unused_columns=False,
         seed=args.seed,
         use_cpu=True,
         report_to="none",
         save_strategy="no",
-        logging_steps=25,
+        logging_steps=5,  # short budgets take few steps; the final loss is the last logged one
+        disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    stopper = WallClockStop(args.budget_seconds)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collate_fn,
-                      callbacks=[stopper])
+    trainer = CosineOverBudget(model=model, args=training_args, train_dataset=train, data_collator=collate_fn,
+                               callbacks=[WallClockStop()])
     result = trainer.train()
-    train_seconds = time.perf_counter() - stopper.started
+    train_seconds = time.perf_counter() - clock["start"]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     val = load_flickr("val")
     results = evaluate_per_language(model, processor, val)
@@ -249,7 +304,9 @@ def run_baseline(args: argparse.Namespace, work_dir: Path) -> dict:
         "samples": result.global_step * RUN_CLIP_ARGS["per_device_train_batch_size"],
         "batch_size": RUN_CLIP_ARGS["per_device_train_batch_size"],
         "final_loss": losses[-1] if losses else float("nan"),
-        "recipe": f"run_clip.py, lr {args.baseline_lr:g}, fp32, text pooling pooler",
+        "recipe": f"run_clip.py, lr {args.baseline_lr:g}, {args.precision}, cosine over the budget "
+                  f"(warmup {warmup_share:.0%}), padded to the batch's longest (max {max_length}), "
+                  f"{optimizer_kind(trainer.optimizer)} AdamW, text pooling pooler",
         "results": results,
     }
 
@@ -263,35 +320,91 @@ def mean_recall(results: dict, k: int, direction: str | None = None) -> float:
     return statistics.fmean(r[f"{d}/R@{k}"] for r in results.values() for d in directions)
 
 
-def print_report(ours: dict, baseline: dict, args: argparse.Namespace) -> None:
-    headers = ["lang", "ours i→t", "ours t→i", "base i→t", "base t→i", "ours/base"]
-    rows = []
-    for lang in sorted(ours["results"]):
-        o, b = ours["results"][lang], baseline["results"][lang]
-        o_mean = (o["image_to_text/R@10"] + o["text_to_image/R@10"]) / 2
-        b_mean = (b["image_to_text/R@10"] + b["text_to_image/R@10"]) / 2
-        rows.append([lang, o["image_to_text/R@10"], o["text_to_image/R@10"], b["image_to_text/R@10"],
-                     b["text_to_image/R@10"], f"{o_mean / b_mean:.2f}x" if b_mean else "inf"])
-    rows.append(["mean", mean_recall(ours["results"], 10, "image_to_text"),
-                 mean_recall(ours["results"], 10, "text_to_image"),
-                 mean_recall(baseline["results"], 10, "image_to_text"),
-                 mean_recall(baseline["results"], 10, "text_to_image"),
-                 f"{mean_recall(ours['results'], 10) / mean_recall(baseline['results'], 10):.2f}x"])
-    print(f"\nflickr8k-multi val R@10 (%), budget {args.budget_seconds:g} s per arm"
-          f"{f', first {args.max_train_images} train images' if args.max_train_images else ''}")
+def run_arms(arms: dict[str, list[str]], args: argparse.Namespace, work_dir: Path) -> dict[str, dict]:
+    """Runs each arm (tag → extra arguments) in its own process, all side by side; returns tag → result."""
+    base = ["--budget-seconds", str(args.budget_seconds), "--recipe", args.recipe, "--ours-text-pooling",
+            args.ours_text_pooling, "--threads", str(args.threads), "--work-dir", str(work_dir), "--precision",
+            args.precision]
+    if args.max_train_images:
+        base += ["--max-train-images", str(args.max_train_images)]
+    if args.ours_lr is not None:
+        base += ["--ours-lr", str(args.ours_lr)]
+    logs = {tag: open(work_dir / f"{tag}.log", "w", encoding="utf-8") for tag in arms}
+    print(f"running {', '.join(arms)} side by side (load average {load_average()}); logs in {work_dir}", flush=True)
+    processes = {tag: subprocess.Popen([sys.executable, __file__, *base, *extra, "--tag", tag], cwd=REPO_ROOT,
+                                       stdout=logs[tag], stderr=subprocess.STDOUT) for tag, extra in arms.items()}
+    for tag, process in processes.items():
+        code = process.wait()
+        logs[tag].close()
+        if code:
+            raise SystemExit(f"the {tag} run failed (exit {code}); see {work_dir / f'{tag}.log'}")
+    return {tag: json.loads((work_dir / f"{tag}.json").read_text(encoding="utf-8")) for tag in arms}
+
+
+def sweep_baseline_lr(args: argparse.Namespace, work_dir: Path) -> float:
+    """The baseline learning rate of `--baseline-lr-sweep` with the best mean val R@10, on the first seed."""
+    rates = [float(rate) for rate in args.baseline_lr_sweep.split(",")]
+    seed = args.seed_list[0]
+    sweep_args = copy.copy(args)
+    sweep_args.budget_seconds = args.sweep_seconds
+    arms = {f"sweep-lr{rate:g}": ["--arm", "baseline", "--seed", str(seed), "--baseline-lr", str(rate)]
+            for rate in rates}
+    results = run_arms(arms, sweep_args, work_dir)
+    rows = [[f"{rate:g}", results[tag]["steps"], results[tag]["final_loss"], mean_recall(results[tag]["results"], 10)]
+            for rate, tag in zip(rates, arms)]
+    print(f"\nbaseline learning-rate sweep (seed {seed}, {sweep_args.budget_seconds:g} s each, side by side, "
+          "scored on val)")
+    print(format_table(["lr", "steps", "final loss", "mean R@10"], rows))
+    best = max(zip(rates, arms), key=lambda pair: mean_recall(results[pair[1]]["results"], 10))[0]
+    print(f"chosen baseline lr: {best:g}")
+    return best
+
+
+def print_report(runs: dict[int, dict[str, dict]], args: argparse.Namespace) -> None:
+    """Per-seed figures of both arms, their mean ± sd over seeds, per-language R@10 and the per-seed ratios."""
+    seeds = sorted(runs)
+    print(f"\nflickr8k-multi val, budget {args.budget_seconds:g} s per arm and seed, seeds {seeds}"
+          f"{f', first {args.max_train_images} train images' if args.max_train_images else ''}; "
+          f"CPU {cpu_capability()}")
+    headers = ["seed", "ours R@1", "base R@1", "ours R@10", "base R@10", "ours/base R@10", "ours steps",
+               "base steps", "ours loss", "base loss"]
+    rows, ratios = [], []
+    for seed in seeds:
+        ours, base = runs[seed]["ours"], runs[seed]["baseline"]
+        ratio = mean_recall(ours["results"], 10) / max(mean_recall(base["results"], 10), 1e-9)
+        ratios.append(ratio)
+        rows.append([seed, mean_recall(ours["results"], 1), mean_recall(base["results"], 1),
+                     mean_recall(ours["results"], 10), mean_recall(base["results"], 10), f"{ratio:.2f}x",
+                     ours["steps"], base["steps"], ours["final_loss"], base["final_loss"]])
+
+    def mean_sd(arm: str, k: int) -> str:
+        values = [mean_recall(runs[seed][arm]["results"], k) for seed in seeds]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
+
+    rows.append(["mean ± sd", mean_sd("ours", 1), mean_sd("baseline", 1), mean_sd("ours", 10),
+                 mean_sd("baseline", 10), f"{statistics.fmean(ratios):.2f}x", "", "", "", ""])
+    print("mean over languages and both directions, in %")
     print(format_table(headers, rows))
-    print()
-    summary = [["mean R@1 (both directions)", mean_recall(ours["results"], 1), mean_recall(baseline["results"], 1)],
-               ["mean R@5 (both directions)", mean_recall(ours["results"], 5), mean_recall(baseline["results"], 5)],
-               ["mean R@10 (both directions)", mean_recall(ours["results"], 10),
-                mean_recall(baseline["results"], 10)]]
-    for key in ("train_seconds", "steps", "batch_size", "samples", "final_loss"):
-        summary.append([key, ours[key], baseline[key]])
-    summary.append(["recipe", ours["recipe"], baseline["recipe"]])
-    summary.append(["load average during run", ours["load"], baseline["load"]])
-    print(format_table(["", "ours", "baseline"], summary))
-    ratio = mean_recall(ours["results"], 10) / mean_recall(baseline["results"], 10)
-    print(f"\nmean val R@10 ours/baseline: {ratio:.2f}x (goal >= 1.3x)")
+    per_lang = []
+    for lang in sorted(runs[seeds[0]]["ours"]["results"]):
+        o = statistics.fmean(mean_recall({lang: runs[s]["ours"]["results"][lang]}, 10) for s in seeds)
+        b = statistics.fmean(mean_recall({lang: runs[s]["baseline"]["results"][lang]}, 10) for s in seeds)
+        per_lang.append([lang, o, b, f"{o / b:.2f}x" if b else "inf"])
+    print("\nR@10 per language (mean of both directions and of the seeds, %)")
+    print(format_table(["lang", "ours", "baseline", "ours/base"], per_lang))
+    first = runs[seeds[0]]
+    print(f"\nours: {first['ours']['recipe']}\nbaseline: {first['baseline']['recipe']}")
+    print(f"load average at the end of each seed's runs: {', '.join(runs[s]['ours']['load'] for s in seeds)}")
+    print(f"\nmean val R@10 ours/baseline: {statistics.fmean(ratios):.2f}x over {len(seeds)} seed(s), range "
+          f"{min(ratios):.2f}x to {max(ratios):.2f}x; the ratio every seed reaches: {min(ratios):.2f}x "
+          "(goal >= 1.3x)")
+
+
+def cpu_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def main(argv=None) -> None:
@@ -303,33 +416,27 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
         result = run_ours(args, work_dir) if args.arm == "ours" else run_baseline(args, work_dir)
         result["load"] = load_average()
-        (work_dir / f"{args.arm}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        (work_dir / f"{args.tag}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
         return
 
-    # The shared initialisation: one random VTDE, saved as safetensors and loaded by both arms.
+    from seeyou_ml.training.trainer import make_accelerator
+
+    args.seed_list = [int(seed) for seed in args.seeds.split(",")]
     work_dir.mkdir(parents=True, exist_ok=True)
+    # Both arms train at the precision our recipe resolves to on this machine.
+    args.precision = make_accelerator(our_recipe(args, work_dir / "unused")[0]).mixed_precision
     tokenizer = flickr_tokenizer()
-    build_vtde(len(tokenizer), tokenizer.pad_token_id, TowerSizes(), args.seed).save_pretrained(
-        str(work_dir / "init"))
-    forwarded = list(argv if argv is not None else sys.argv[1:])
-    arms = ("ours", "baseline")
-    if args.sequential:
-        for arm in arms:
-            print(f"=== {arm} (load average {load_average()}) ===", flush=True)
-            subprocess.run([sys.executable, __file__, *forwarded, "--arm", arm], check=True, cwd=REPO_ROOT)
-    else:
-        # Side by side, one process each: on a shared machine both arms then see the same background load.
-        logs = {arm: open(work_dir / f"{arm}.log", "w", encoding="utf-8") for arm in arms}
-        print(f"running both arms side by side (load average {load_average()}); logs: "
-              f"{', '.join(str(work_dir / f'{arm}.log') for arm in arms)}", flush=True)
-        processes = {arm: subprocess.Popen([sys.executable, __file__, *forwarded, "--arm", arm], cwd=REPO_ROOT,
-                                           stdout=logs[arm], stderr=subprocess.STDOUT) for arm in arms}
-        for arm, process in processes.items():
-            if process.wait():
-                raise SystemExit(f"the {arm} arm failed (exit {process.returncode}); see {work_dir / f'{arm}.log'}")
-            logs[arm].close()
-    results = {arm: json.loads((work_dir / f"{arm}.json").read_text(encoding="utf-8")) for arm in arms}
-    print_report(results["ours"], results["baseline"], args)
+    for seed in args.seed_list:  # the shared initialisation of each seed, loaded by both arms
+        build_vtde(len(tokenizer), tokenizer.pad_token_id, TowerSizes(), seed).save_pretrained(
+            str(work_dir / f"init-{seed}"))
+    baseline_lr = args.baseline_lr if args.baseline_lr is not None else sweep_baseline_lr(args, work_dir)
+    runs = {}
+    for seed in args.seed_list:
+        arms = {f"ours-{seed}": ["--arm", "ours", "--seed", str(seed)],
+                f"baseline-{seed}": ["--arm", "baseline", "--seed", str(seed), "--baseline-lr", str(baseline_lr)]}
+        results = run_arms(arms, args, work_dir)
+        runs[seed] = {"ours": results[f"ours-{seed}"], "baseline": results[f"baseline-{seed}"]}
+    print_report(runs, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from typing import Any
 
 from PIL import Image
 
+from .processing import to_rgb
+
 __all__ = ["load_image"]
 
 
@@ -21,18 +23,20 @@ def load_image(image: Any, image_id: str | None = None) -> Image.Image:
         image_id (`str`, *optional*): Named in the error when the image cannot be read.
 
     Returns:
-        `PIL.Image.Image`: The image in RGB mode.
+        `PIL.Image.Image`: The image in 8-bit RGB mode (converted by `seeyou_ml.processing.to_rgb`).
     """
     try:
         if isinstance(image, Image.Image):
             pil = image
         elif isinstance(image, (str, os.PathLike)):
             with Image.open(image) as opened:
-                pil = opened.convert("RGB")
+                pil = to_rgb(opened)
+                pil.load()  # read before the file closes: an RGB file comes back as itself
         elif isinstance(image, Mapping) and (image.get("bytes") or image.get("path")):
             source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
             with Image.open(source) as opened:
-                pil = opened.convert("RGB")
+                pil = to_rgb(opened)
+                pil.load()  # read before the file closes: an RGB file comes back as itself
         else:
             raise TypeError(f"unsupported image value of type {type(image).__name__}")
     except (OSError, TypeError) as error:
@@ -40,4 +44,4 @@ def load_image(image: Any, image_id: str | None = None) -> Image.Image:
             f"cannot read the image of image_id {image_id!r} ({image!r:.120}): {error}. Records need a PIL image, an "
             "existing image path, or a datasets Image value; load_corpus(..., strict=False) skips unreadable ones."
         ) from error
-    return pil if pil.mode == "RGB" else pil.convert("RGB")
+    return to_rgb(pil)

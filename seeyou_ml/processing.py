@@ -6,7 +6,56 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
+
+# Pillow's modes of one 16- or 32-bit integer channel (16-bit PNG and TIFF greyscale open as "I;16").
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit samples scaled to 8 bits (65535 → 255; 257 = 65535 / 255), rather than clipped at 255."""
+    return np.round(np.clip(values.astype(np.float64), 0, 65535) / 257).astype(np.uint8)
+
+
+def to_rgb(image: Any) -> Any:
+    """An image as 8-bit RGB, the way CLIP's processor converts its input, with 16-bit images scaled to 8 bits.
+
+    Greyscale, palette, CMYK, YCbCr, ... PIL images are converted to RGB; transparency (an alpha band or a palette's
+    transparent colour) is composited onto white, as `transformers.image_transforms.convert_to_rgb` does. 16-bit
+    greyscale (`I;16`, and `I` holding 16-bit samples) is divided by 257, so 65535 stays white and mid-grey stays
+    mid-grey; a plain `convert("RGB")` would clip everything above 255 to white. NumPy arrays in (H, W), (H, W, 1),
+    (H, W, 3) or (H, W, 4) layout get the same treatment (`uint16` scaled, one channel repeated, alpha composited);
+    anything else (tensors, channels-first arrays) is returned unchanged for the image processor to judge.
+
+    Args:
+        image: a `PIL.Image.Image` or a NumPy array.
+
+    Returns:
+        A `PIL.Image.Image` in mode `RGB` for a PIL input, an (H, W, 3) `uint8` array for an array input.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode == "RGB":
+            return image
+        if image.mode in _WIDE_INTEGER_MODES:
+            image = Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray) and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
+        if image.dtype == np.uint16:
+            image = _to_uint8(image)
+        if image.ndim == 2:
+            image = image[..., None]  # (H, W, 1)
+        if image.shape[-1] == 1:
+            return np.repeat(image, 3, axis=-1)  # (H, W, 3)
+        if image.shape[-1] == 4 and image.dtype == np.uint8:
+            alpha = image[..., 3:].astype(np.float64) / 255  # (H, W, 1)
+            return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+        return image
+    return image
 
 
 def _size_field(size: Any, name: str) -> int | None:
@@ -77,7 +126,8 @@ class SeeYouProcessor(ProcessorMixin):
     r"""Wraps an image processor and a tokenizer into a single processor.
 
     `processor(text=..., images=..., return_tensors="pt")` returns exactly the keys `SeeYouModel.forward` takes:
-    `input_ids`, `attention_mask` and `pixel_values` (either modality may be left out).
+    `input_ids`, `attention_mask` and `pixel_values` (either modality may be left out). Images of any mode
+    (greyscale, palette, RGBA, CMYK, 16-bit) are converted to 8-bit RGB first, see [`to_rgb`].
 
     Args:
         image_processor: any transformers image processor (e.g. `ConvNextImageProcessor` for ResNet checkpoints).
@@ -115,7 +165,7 @@ class SeeYouProcessor(ProcessorMixin):
 
         Args:
             text: one caption or a list of them.
-            images: one PIL image / array or a list of them.
+            images: one PIL image / array or a list of them, in any PIL mode (converted by [`to_rgb`]).
             return_tensors: `"pt"` for torch tensors.
             padding, truncation, max_length: as for the tokenizer; captions are padded to the longest and cut at
                 `max_length` (the tokenizer's `model_max_length` when not given).
@@ -146,6 +196,7 @@ class SeeYouProcessor(ProcessorMixin):
             data["input_ids"] = encoded["input_ids"]
             data["attention_mask"] = encoded["attention_mask"]
         if images is not None:
+            images = [to_rgb(image) for image in images] if isinstance(images, (list, tuple)) else to_rgb(images)
             data["pixel_values"] = self.image_processor(images, return_tensors=return_tensors, **kwargs)["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
@@ -165,4 +216,4 @@ class SeeYouProcessor(ProcessorMixin):
 # Saved folders carry this file and an `auto_map` entry, so `AutoProcessor` loads them through remote code.
 SeeYouProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["SeeYouProcessor", "processed_frame"]
+__all__ = ["SeeYouProcessor", "processed_frame", "to_rgb"]

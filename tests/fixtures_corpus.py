@@ -78,6 +78,23 @@ def multi30k(root: Path, de_lines: int = 3) -> Path:
     return root
 
 
+def multi30k_coco(root: Path) -> Path:
+    """Multi30K's COCO test split: `image_splits/test_2017_mscoco.txt` lines `COCO_val2014_<12 digits>.jpg#<id>`
+    with line-aligned `raw/test_2017_mscoco.{en,de,fr}.gz`; the COCO images under `images/`."""
+    cocoids = [117071, 42, 391895]
+    names = [f"COCO_val2014_{cocoid:012d}.jpg" for cocoid in cocoids]
+    for index, name in enumerate(names):
+        write_image(root / "images" / name, index)
+    (root / "image_splits").mkdir(parents=True)
+    lines = [f"{name}#{annotation}" for name, annotation in zip(names, [367178, 1055, 770337])]
+    (root / "image_splits" / "test_2017_mscoco.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "raw").mkdir()
+    for lang in ("en", "de", "fr"):
+        with gzip.open(root / "raw" / f"test_2017_mscoco.{lang}.gz", "wt", encoding="utf-8") as handle:
+            handle.write("".join(f"{lang} coco caption {i}\n" for i in range(len(names))))
+    return root
+
+
 def imagefolder(root: Path, csv: bool = False) -> Path:
     """Three images in train/ with metadata; the csv variant names its columns `text` and `language`."""
     for index in range(3):
@@ -88,6 +105,15 @@ def imagefolder(root: Path, csv: bool = False) -> Path:
     else:
         write_lines(root / "train" / "metadata.jsonl",
                     [{"file_name": f"img{i}.png", "caption": f"picture {i}", "lang": "es"} for i in range(3)])
+    return root
+
+
+def imagefolder_text_column(root: Path) -> Path:
+    """The image-captioning layout of the `datasets` docs: `train/metadata.jsonl` rows `{"file_name", "text"}`."""
+    for index in range(2):
+        write_image(root / "train" / f"{index:04d}.png", index, format="PNG")
+    write_lines(root / "train" / "metadata.jsonl",
+                [{"file_name": f"{i:04d}.png", "text": f"a golden retriever {i}"} for i in range(2)])
     return root
 
 
@@ -122,4 +148,19 @@ def saved_dataset(root: Path) -> Path:
                                         "language": datasets.Value("string")}),
         )
     datasets.DatasetDict({"train": split(3, 0), "test": split(2, 3)}).save_to_disk(str(root))
+    return root
+
+
+def webdataset_txt_with_metadata(root: Path) -> Path:
+    """img2dataset's layout: `<key>.jpg`, `<key>.txt` (the caption) and `<key>.json` (metadata without a caption)."""
+    samples = []
+    for index in range(2):
+        key = f"{index:09d}"
+        metadata = {"url": f"https://example.com/{index}.jpg", "key": key, "status": "success", "width": 20,
+                    "height": 20, "sha256": "0" * 64}
+        if index == 1:
+            metadata["lang"] = "de"
+        samples.append((key, {"jpg": image_bytes(index, "JPEG"), "txt": f"caption {index}\n".encode(),
+                              "json": json.dumps(metadata).encode()}))
+    write_shard(root / "00000.tar", samples)
     return root

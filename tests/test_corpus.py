@@ -15,10 +15,13 @@ from fixtures_corpus import (
     captions_jsonl,
     image_bytes,
     imagefolder,
+    imagefolder_text_column,
     karpathy,
     multi30k,
+    multi30k_coco,
     saved_dataset,
     webdataset,
+    webdataset_txt_with_metadata,
     write_image,
     write_lines,
     write_shard,
@@ -95,6 +98,16 @@ def test_multi30k_misaligned_files_are_an_error(tmp_path):
     assert load_corpus(root, languages=["en"]).num_rows == 3  # the broken file is not read
 
 
+def test_multi30k_coco_split_names_carry_an_id_after_the_file_name(tmp_path):
+    root = multi30k_coco(tmp_path)
+    corpus, report = load_corpus(root, split="test_2017_mscoco", return_report=True)
+    assert report.skipped == {} and report.images == 3
+    assert report.captions_per_language == {"de": 3, "en": 3, "fr": 3}
+    assert ("COCO_val2014_000000117071", "en", "en coco caption 0") in rows(corpus)
+    assert ("COCO_val2014_000000391895", "fr", "fr coco caption 2") in rows(corpus)
+    assert corpus[0]["image"].size == (24, 16)
+
+
 def test_imagefolder_metadata_jsonl(tmp_path):
     corpus = load_corpus(imagefolder(tmp_path / "folder"), split="train", cache_dir=str(tmp_path / "cache"))
     assert rows(corpus) == [(f"img{i}", "es", f"picture {i}") for i in range(3)]
@@ -108,6 +121,22 @@ def test_imagefolder_metadata_csv_with_column_mapping(tmp_path):
     assert rows(corpus) == [(f"img{i}", "fr", f"picture {i}") for i in range(3)]
 
 
+def test_imagefolder_text_column_of_the_datasets_docs_needs_no_mapping(tmp_path):
+    root = imagefolder_text_column(tmp_path / "folder")
+    corpus = load_corpus(root, split="train", default_lang="en", cache_dir=str(tmp_path / "cache"))
+    assert rows(corpus) == [("0000", "en", "a golden retriever 0"), ("0001", "en", "a golden retriever 1")]
+    streamed = load_corpus(root, split="train", streaming=True, cache_dir=str(tmp_path / "cache"))
+    assert rows(streamed) == rows(corpus)
+
+
+def test_webdataset_caption_from_txt_metadata_from_json(tmp_path):
+    shards = str(webdataset_txt_with_metadata(tmp_path) / "*.tar")
+    corpus, report = load_corpus(shards, default_lang="en", return_report=True)
+    assert report.skipped == {}
+    assert rows(corpus) == [("000000000", "en", "caption 0"), ("000000001", "de", "caption 1")]
+    assert corpus[1]["image"].size == (20, 20)
+
+
 def test_webdataset_json_and_txt_samples(tmp_path):
     root = webdataset(tmp_path)
     expected = [("dog", "en", "a dog"), ("dog", "ja", "犬"), ("s1", "en", "a cat")]
@@ -116,6 +145,15 @@ def test_webdataset_json_and_txt_samples(tmp_path):
     assert corpus[2]["image"].size == (20, 20)
     assert rows(load_corpus(root / "train" / "000.tar", default_lang="en")) == expected
     assert rows(load_corpus(str(root / "train" / "*.tar"))) == expected
+
+
+def test_name_neither_local_nor_reachable_offline_is_a_file_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty-cache")
+    for name in ("no-such-corpus", "someone/no-such-corpus"):
+        with pytest.raises(FileNotFoundError, match=rf"^{name}: no such file or directory, and not reachable on "
+                                                    r"the Hub offline .*Give the path of a local corpus"):
+            load_corpus(name)
 
 
 def test_saved_datasets_with_column_mapping(tmp_path):

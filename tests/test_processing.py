@@ -62,3 +62,45 @@ def test_untruncated_caption_longer_than_the_text_tower_names_the_caption_and_th
     with pytest.raises(ValueError, match=r"caption 1 of the batch has \d+ tokens .* positions for 32; tokenise with "
                                          r"truncation=True"):
         tiny_model.get_text_features(**ids)
+
+
+def _pixels(processor, image):
+    return processor(images=[image])["pixel_values"][0]
+
+
+def test_processor_converts_every_pil_mode_to_rgb_as_clip_does(tiny_tokenizer):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    rgb = images(1)[0]
+    grey = Image.new("L", (40, 40), 90)
+    palette = rgb.quantize(colors=16)
+    cmyk = rgb.convert("CMYK")
+    torch.testing.assert_close(_pixels(processor, grey), _pixels(processor, Image.new("RGB", (40, 40), (90,) * 3)))
+    torch.testing.assert_close(_pixels(processor, palette), _pixels(processor, palette.convert("RGB")))
+    torch.testing.assert_close(_pixels(processor, cmyk), _pixels(processor, cmyk.convert("RGB")))
+    # Transparency is composited onto white (CLIP's convert_to_rgb), not dropped: an invisible red pixel is white.
+    half = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    half.paste((0, 0, 255, 255), (0, 0, 20, 40))
+    expected = Image.new("RGB", (40, 40), (255, 255, 255))
+    expected.paste((0, 0, 255), (0, 0, 20, 40))
+    torch.testing.assert_close(_pixels(processor, half), _pixels(processor, expected))
+    transparent_palette = Image.new("P", (40, 40), 1)
+    transparent_palette.putpalette([0, 0, 0, 255, 0, 0])
+    transparent_palette.info["transparency"] = 1
+    white = Image.new("RGB", (40, 40), "white")
+    torch.testing.assert_close(_pixels(processor, transparent_palette), _pixels(processor, white))
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits_not_clipped(tiny_tokenizer, tmp_path):
+    from seeyou_ml.images import load_image
+    from seeyou_ml.processing import to_rgb
+
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    samples = np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.uint16).repeat(4, axis=0)  # (4, 4)
+    Image.fromarray(samples).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as opened:
+        assert opened.mode == "I;16"
+        assert np.asarray(to_rgb(opened))[0].tolist() == [[0] * 3, [64] * 3, [128] * 3, [255] * 3]
+    assert np.asarray(load_image(str(tmp_path / "grey16.png")))[0, 2].tolist() == [128, 128, 128]
+    assert to_rgb(samples)[0].tolist() == [[0] * 3, [64] * 3, [128] * 3, [255] * 3]
+    mid_grey = Image.fromarray(np.full((40, 40), 257 * 128, dtype=np.uint16))
+    torch.testing.assert_close(_pixels(processor, mid_grey), _pixels(processor, Image.new("RGB", (40, 40), (128,) * 3)))

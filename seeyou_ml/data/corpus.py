@@ -56,8 +56,8 @@ CORPUS_FORMATS = {
     "images under image_root",
     "multi30k": "a folder with image_splits/<split>.txt and raw/<split>.<lang>.gz; images under image_root "
     "(default <folder>/images)",
-    "imagefolder": "a folder of images with metadata.jsonl or metadata.csv (file_name, caption, lang columns), "
-    "optionally in <split>/ subfolders",
+    "imagefolder": "a folder of images with metadata.jsonl or metadata.csv (file_name, caption or text, lang "
+    "columns), optionally in <split>/ subfolders",
     "webdataset": "a .tar shard, a folder of .tar shards (<folder>/<split>/*.tar or <folder>/<split>*.tar) or a glob; "
     "samples <key>.jpg|png with <key>.json (caption/captions/lang) or <key>.txt",
     "datasets": "a dataset name or local path that datasets.load_dataset or datasets.load_from_disk opens, "
@@ -172,6 +172,7 @@ def load_corpus(
 
     Raises:
         ValueError: for an undetectable format, an unknown split or language, or (with `strict=True`) a bad record.
+        FileNotFoundError: for a name that is neither a local path nor reachable (Hub offline and not cached).
 
     Example:
         ```python
@@ -276,6 +277,13 @@ def _imagefolder_reader(path: Path, split: str, column_mapping, default_lang, st
     dataset = datasets.load_dataset(
         "imagefolder", data_dir=os.fspath(path), split=split, streaming=streaming, **load_dataset_kwargs
     )
+    column_mapping = dict(column_mapping or {})
+    columns = set(dataset.column_names or dataset.features or ())
+    if "text" in columns and "text" not in column_mapping and not (
+        {"caption", "captions"} & {column_mapping.get(column, column) for column in columns}
+    ):
+        # The captioning layout of the `datasets` docs names the caption column `text`.
+        column_mapping["text"] = "caption"
     return lambda log: read_hf_dataset(dataset, os.fspath(path), column_mapping, default_lang, log, None, locators)
 
 
@@ -315,7 +323,17 @@ def _open_hf_dataset(path_or_name, split: str, streaming: bool, load_dataset_kwa
         return saved[split]
     if (path / "state.json").is_file():
         return datasets.load_from_disk(os.fspath(path))
-    return datasets.load_dataset(os.fspath(path_or_name), split=split, streaming=streaming, **load_dataset_kwargs)
+    try:
+        return datasets.load_dataset(os.fspath(path_or_name), split=split, streaming=streaming, **load_dataset_kwargs)
+    except ConnectionError as error:
+        if not path.exists() and datasets.config.HF_HUB_OFFLINE:
+            # Offline, `load_dataset` reports a name that is neither local nor cached as a failed connection.
+            raise FileNotFoundError(
+                f"{path_or_name}: no such file or directory, and not reachable on the Hub offline (HF_HUB_OFFLINE=1) "
+                "nor in the datasets cache. Give the path of a local corpus folder or file (formats: "
+                f"{', '.join(CORPUS_FORMATS)}), or load it once with network access so that it is cached."
+            ) from error
+        raise
 
 
 def _accepted_captions(entry: ImageEntry, languages: Optional[set[str]], log: SkipLog) -> list[CaptionEntry]:

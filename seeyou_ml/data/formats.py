@@ -7,9 +7,11 @@ the dataset, happen once for all layouts in `seeyou_ml.data.corpus`.
 Layouts:
     captions-jsonl: `<split>.jsonl`, one image per line: `{"image_id", "image", "captions": {lang: [...]}}`.
     karpathy: `dataset_coco.json` / `dataset_flickr30k.json` (Karpathy & Fei-Fei 2015 splits).
-    multi30k: `image_splits/<split>.txt` with line-aligned `raw/<split>.<lang>.gz` (Elliott et al. 2016).
+    multi30k: `image_splits/<split>.txt` with line-aligned `raw/<split>.<lang>.gz` (Elliott et al. 2016); a line's
+        `#id` suffix (`COCO_val2014_000000117071.jpg#367178` in the COCO test split) is not part of the file name.
     imagefolder: images with `metadata.jsonl` / `metadata.csv`, read by the `datasets` imagefolder builder.
-    webdataset: `.tar` shards of `<key>.jpg|png` with `<key>.json` or `<key>.txt`.
+    webdataset: `.tar` shards of `<key>.jpg|png` with `<key>.json` or `<key>.txt` (the caption when the `.json`
+        holds only metadata).
     datasets: anything `datasets.load_dataset` or `datasets.load_from_disk` opens.
 """
 
@@ -232,7 +234,9 @@ def read_multi30k(
                 "Multi30K files must be line-aligned, so re-extract or trim the file."
             )
     for number, name in enumerate(names, start=1):
-        if not name.strip():
+        # The COCO split lists `COCO_val2014_000000117071.jpg#367178`: the `#id` names the entry, not the file.
+        file_name = name.split("#", 1)[0].strip()
+        if not file_name:
             log.skip(MALFORMED_LINE, image_list, number, "empty image name", "Give one image file name per line",
                      captions=len(columns))
             continue
@@ -240,7 +244,7 @@ def read_multi30k(
             CaptionEntry(lang, lines[number - 1], file=str(path), line=number)
             for lang, (path, lines) in columns.items()
         ]
-        yield ImageEntry(str(image_root / name.strip()), Path(name.strip()).stem, captions, str(image_list), number)
+        yield ImageEntry(str(image_root / file_name), Path(file_name).stem, captions, str(image_list), number)
 
 
 def webdataset_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -267,20 +271,25 @@ def webdataset_samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 def read_webdataset(
     shards: list[Path], column_mapping: Optional[dict], default_lang: str, log: SkipLog
 ) -> Iterator[ImageEntry]:
-    """Reads WebDataset shards: `<key>.jpg|png` with `<key>.json` (caption/captions/lang) or `<key>.txt`."""
+    """Reads WebDataset shards: `<key>.jpg|png` with `<key>.json` (caption/captions/lang) and/or `<key>.txt`.
+
+    The caption comes from the `.json` when it has one, else from the `.txt`; the `.json` supplies the rest
+    (`lang`, `image_id`, ...), as in the shards img2dataset writes (`.txt` caption, `.json` metadata).
+    """
     fix = "Each sample needs an image member (<key>.jpg or .png) and <key>.json with a caption, or <key>.txt"
     for shard in shards:
         for key, parts in webdataset_samples(shard):
             locator = f"sample {key}"
             try:
+                record = {}
                 if "json" in parts:
                     record = json.loads(parts["json"].decode("utf-8"))
                     if not isinstance(record, dict):
                         raise MalformedRecord(f"{key}.json holds a JSON {type(record).__name__}, not an object")
                     record = rename_keys(record, column_mapping)
-                elif "txt" in parts:
-                    record = {"caption": parts["txt"].decode("utf-8").strip()}
-                else:
+                if "txt" in parts and not ({"caption", "captions"} & set(record)):
+                    record["caption"] = parts["txt"].decode("utf-8").strip()
+                if "json" not in parts and "txt" not in parts:
                     raise MalformedRecord(f"no {key}.json or {key}.txt")
                 captions = expand_captions(record, default_lang)
             except (UnicodeDecodeError, json.JSONDecodeError, MalformedRecord) as error:
