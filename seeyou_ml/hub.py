@@ -3,8 +3,8 @@
 The card is rendered from a template in the repository's top-level `model_cards/` folder (the Hub's layout: YAML
 metadata between `---` lines, then Markdown) with what the output directory holds: `config.json`, the resolved
 `recipe.yaml`, `retrieval_results.json`, per-language adapters (`adapters/<lang>/`, peft's layout) and grounding
-results (`grounding_results.json`) when present. Its metadata carries a `model-index` with every result of
-`retrieval_results.json`, so the Hub lists them.
+results (the `grounding` section of `retrieval_results.json`, or `grounding_results.json`) when present. Its metadata
+carries a `model-index` with every result of `retrieval_results.json`, so the Hub lists them.
 
 A push uploads the folder a user loads: model, processor, remote code, card, adapters, evaluation results and recipe
 (`upload_files` decides which), through `huggingface_hub.HfApi` (`create_repo`, `upload_folder`). The token comes
@@ -135,12 +135,20 @@ def eval_results(results: dict, dataset_name: str, split: Optional[str] = None,
     return entries
 
 
+def _grounding_results(output_dir: Path, results: Optional[dict]) -> Optional[dict]:
+    """Grounding results: the `grounding` section of the retrieval results (what training writes), else
+    `grounding_results.json`."""
+    if results and isinstance(results.get("grounding"), dict):
+        return results["grounding"]
+    return _read_json(output_dir / GROUNDING_RESULTS_NAME)
+
+
 def card_data(output_dir: PathLike, repo_id: Optional[str] = None, license: str = LICENSE) -> ModelCardData:
     """The card's metadata: languages, license, library, tags, datasets, base models, pipeline tag, model-index."""
     output_dir = Path(output_dir)
     recipe = _recipe(output_dir)
     results = _read_json(output_dir / RESULTS_NAME)
-    grounding = _read_json(output_dir / GROUNDING_RESULTS_NAME)
+    grounding = _grounding_results(output_dir, results)
     model = recipe.get("model", {})
     base_models = [m for m in (model.get("vision"), model.get("text")) if m and not model.get("preset")]
     tags = ["seeyou", "clip", "dual-encoder", "multilingual", "image-text-retrieval", "custom_code"]
@@ -220,7 +228,7 @@ def render_model_card(output_dir: PathLike, repo_id: Optional[str] = None, licen
     config = _read_json(output_dir / CONFIG_NAME)
     recipe = _recipe(output_dir)
     results = _read_json(output_dir / RESULTS_NAME)
-    grounding = _read_json(output_dir / GROUNDING_RESULTS_NAME)
+    grounding = _grounding_results(output_dir, results)
     data = card_data(output_dir, repo_id, license)
     text, vision = config.get("text_config", {}), config.get("vision_config", {})
     return ModelCard.from_template(

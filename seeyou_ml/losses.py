@@ -386,23 +386,28 @@ LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any], nn.Module], to
 
 @dataclass(frozen=True)
 class LossTerm:
-    """A registered loss term; `embeddings_only` says it reads nothing but `image_embeds` and `text_embeds`."""
+    """A registered loss term; `embeddings_only` says it reads nothing but `image_embeds` and `text_embeds`, `needs`
+    names what else the run must provide (`grounding_head`: a model with one; `phrases`: `data.return_phrases`)."""
 
     name: str
     fn: LossFn
     embeddings_only: bool = True
+    needs: tuple[str, ...] = ()
 
 
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
-def register_loss_term(name: str, embeddings_only: bool = True) -> Callable[[LossFn], LossFn]:
-    """Registers `fn(outputs, batch, model) -> scalar tensor` as the loss term `name` (which must end in `_loss`)."""
+def register_loss_term(
+    name: str, embeddings_only: bool = True, needs: tuple[str, ...] = ()
+) -> Callable[[LossFn], LossFn]:
+    """Registers `fn(outputs, batch, model) -> scalar tensor` as the loss term `name` (which must end in `_loss`);
+    `needs` lists what the run must provide for it (see [`LossTerm`]), checked before training starts."""
     if not name.endswith("_loss"):
         raise ValueError(f"Loss term {name!r} must end in `_loss` (the trainer sums the entries named so).")
 
     def decorator(fn: LossFn) -> LossFn:
-        LOSS_TERMS[name] = LossTerm(name, fn, embeddings_only)
+        LOSS_TERMS[name] = LossTerm(name, fn, embeddings_only, tuple(needs))
         return fn
 
     return decorator
@@ -445,7 +450,7 @@ def _require(outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str, ke
                          "collator the referring expressions (data.return_phrases), or drop the term from `losses:`.")
 
 
-@register_loss_term("itm_loss", embeddings_only=False)
+@register_loss_term("itm_loss", embeddings_only=False, needs=("grounding_head",))
 def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """Image-text matching with hard negatives from the global batch (ALBEF): each caption with its own image, with
     an image drawn by similarity, and each image with a caption drawn likewise.
@@ -479,7 +484,7 @@ def _phrase_boxes(batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
     return batch["phrase_boxes"].to(device=like.device, dtype=torch.float32)  # (b, 4) cx, cy, w, h
 
 
-@register_loss_term("box_loss", embeddings_only=False)
+@register_loss_term("box_loss", embeddings_only=False, needs=("grounding_head", "phrases"))
 def box_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """L1 (weight 5) + GIoU (weight 2) between the referring expression's predicted and gold boxes."""
     _require(outputs, batch, "box_loss", ("pred_boxes", "phrase_boxes"))
@@ -487,7 +492,7 @@ def box_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     return box_loss(pred, _phrase_boxes(batch, pred))
 
 
-@register_loss_term("attention_iou_loss", embeddings_only=False)
+@register_loss_term("attention_iou_loss", embeddings_only=False, needs=("grounding_head", "phrases"))
 def attention_iou_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """One minus the soft IoU of the expression's last-layer attention (heads averaged) and its gold box's cells."""
     _require(outputs, batch, "attention_iou_loss", ("expression_attention", "phrase_boxes"))
@@ -496,8 +501,12 @@ def attention_iou_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], mod
     return attention_iou_loss(attention, mask)
 
 
-def check_loss_terms(losses: Mapping[str, LossTermConfig], sub_batching: bool) -> None:
-    """Fails early, naming the fix, for unknown terms or terms that cannot run with GradCache sub-batching."""
+def check_loss_terms(
+    losses: Mapping[str, LossTermConfig], sub_batching: bool, provided: set[str] | None = None
+) -> None:
+    """Fails early, naming the fix, for unknown terms, terms that cannot run with GradCache sub-batching, and (when
+    `provided` says what the run has, e.g. `{"grounding_head", "phrases"}`) terms whose needs are not met, so a term
+    that starts late does not stop the run halfway."""
     unknown = sorted(set(losses) - set(LOSS_TERMS))
     if unknown:
         raise ValueError(f"Unknown loss term(s) {unknown} in the recipe's `losses:`; registered terms: "
@@ -506,6 +515,13 @@ def check_loss_terms(losses: Mapping[str, LossTermConfig], sub_batching: bool) -
         raise ValueError("The recipe's `losses:` is empty; give at least `contrastive_loss: {}`.")
     if min(term.start_step for term in losses.values()) > 0:
         raise ValueError("No loss term starts at step 0; give at least one term `start_step: 0` in `losses:`.")
+    fixes = {"grounding_head": "a grounding head (model.config_overrides.grounding_config)",
+             "phrases": "the referring expressions in each batch (data.return_phrases: true)"}
+    for name in sorted(losses):
+        missing = [need for need in LOSS_TERMS[name].needs if provided is not None and need not in provided]
+        if missing:
+            raise ValueError(f"Loss term {name} needs {' and '.join(fixes.get(m, m) for m in missing)}; give the "
+                             f"run that, or drop {name} from `losses:`.")
     if sub_batching:
         full = sorted(name for name in losses if not LOSS_TERMS[name].embeddings_only)
         if full:

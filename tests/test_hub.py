@@ -108,6 +108,17 @@ def test_card_names_adapters_grounding_results_and_base_models(output_dir):
     assert ModelCard(str(card)).data.to_dict() == data  # the rendered text parses back to the same metadata
 
 
+def test_card_reads_the_grounding_section_training_writes(output_dir):
+    results = json.loads((output_dir / "retrieval_results.json").read_text())
+    results["grounding"] = {"per_language": {"de": {"acc@0.5": 70.5}}}
+    (output_dir / "retrieval_results.json").write_text(json.dumps(results))
+
+    card = hub.render_model_card(output_dir)
+
+    assert "phrase-grounding" in card.data.to_dict()["tags"]
+    assert ("phrase-grounding", "per_language/de", "acc@0.5", 70.5) in model_index_rows(card)
+
+
 def test_card_of_an_unevaluated_folder_says_so(saved_model):
     card = hub.render_model_card(saved_model)
     assert "has not been evaluated" in card.text and "model-index" not in card.data.to_dict()

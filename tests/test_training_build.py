@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import pytest
 import torch
@@ -111,3 +113,19 @@ def test_back_translation_is_switched_on_from_the_recipe(tiny_tokenizer):
         ("ein " + r["caption"], "de") for r in english]
     with pytest.raises(ValueError, match=r"back_translation_prob > 0 draws captions from the training split"):
         build_collator(recipe.data, processor)
+
+
+def test_a_late_grounding_term_without_a_head_is_refused_before_training(tmp_path, monkeypatch):
+    from seeyou_ml.training.build import build_trainer
+    from seeyou_ml.training.config import TrainingRecipe
+
+    monkeypatch.setenv("SEEYOU_CACHE", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[1] / "recipes" / "scenes-tiny.yaml"
+    recipe = TrainingRecipe.from_yaml(path).with_overrides(
+        ["--output_dir", str(tmp_path / "out"), "--report_to", "null", "--batch_size", "8", "--mixed_precision", "null",
+         "--split_kwargs.train.num_images", "24", "--corpus_kwargs.num_images", "12", "--corpus_kwargs.num_proc", "1",
+         "--losses.attention_iou_loss.start_step", "60"]
+    )
+    with pytest.raises(ValueError, match=r"Loss term attention_iou_loss needs a grounding head \(model.config_overrides"
+                                         r".grounding_config\) and the referring expressions in each batch"):
+        build_trainer(recipe)

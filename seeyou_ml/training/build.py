@@ -16,6 +16,7 @@ from typing import Any, Optional
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from ..losses import check_loss_terms
 from ..modeling import SeeYouModel
 from ..processing import SeeYouProcessor
 from .checkpointing import resume_candidates
@@ -198,6 +199,11 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
     tokenizer = corpus_tokenizer(recipe, train, accelerator)
     set_seed(recipe.seed)
     model, processor = build_model_and_processor(recipe.model, tokenizer)
+    # Loss terms that start late are checked against what this run provides now, not when they start.
+    provided = {"phrases"} if recipe.data.return_phrases else set()
+    if getattr(model, "grounding_head", None) is not None:
+        provided.add("grounding_head")
+    check_loss_terms(recipe.losses, sub_batching=False, provided=provided)
     return Trainer(
         recipe,
         model=model,
