@@ -257,9 +257,9 @@ def ground(model, processor, images: list, texts: list[str]) -> GroundingResult:
     pixel_values = processor(images=pil, return_tensors="pt")["pixel_values"].to(device)
     encoded = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True).to(device)
     text_states = model.get_text_features(encoded["input_ids"], encoded["attention_mask"]).last_hidden_state
-    vision = model.get_image_features(pixel_values)
-    out = model.grounding_head(text_states, encoded["attention_mask"], model.grounding_feature_map(vision))
-    height, width = region_grid(model.grounding_feature_map(vision))[1]
+    feature_map = model.grounding_feature_map(model.get_image_features(pixel_values))
+    out = model.grounding_head(text_states, encoded["attention_mask"], feature_map)
+    height, width = region_grid(feature_map)[1]
     attention = out.expression_attention.float().view(-1, 1, height, width)  # (N, H*W) -> (N, 1, H, W)
     out_h, out_w = pixel_values.shape[-2:]
     upsampled = F.interpolate(attention, size=(out_h, out_w), mode="bilinear", align_corners=False).flatten(1)

@@ -1,5 +1,6 @@
 """Corpora in one record schema, the embedded scenes corpus, tokenizer, batching and augmentations."""
 
+from ..languages import ISO_639_1, normalize_lang
 from .augment import (
     AugmentationConfig,
     Augmentations,
@@ -16,4 +17,4 @@ from .corpus import CORPUS_FORMATS, corpus_features, detect_format, load_corpus
 from .samplers import NeighbourBatchSampler, UniqueImageBatchSampler
 from .scenes import class_prompts, load_scenes, synonym_table
 from .tokenizer import scenes_tokenizer, train_sentencepiece_tokenizer
-from .validation import ISO_639_1, CorpusIssue, CorpusReport, normalize_lang
+from .validation import CorpusIssue, CorpusReport

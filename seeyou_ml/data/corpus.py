@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional, Union
 import datasets
 import pyarrow as pa
 
+from ..languages import normalize_lang
 from .formats import (
     CaptionEntry,
     ImageEntry,
@@ -45,7 +46,6 @@ from .validation import (
     check_image,
     check_images,
     logger,
-    normalize_lang,
 )
 
 

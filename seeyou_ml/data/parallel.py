@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from .validation import normalize_lang
+from ..languages import normalize_lang
 
 VALIDATION_PAIRS = 200
 """Pairs at the end of every parallel file held out for validation."""

@@ -19,8 +19,6 @@ from typing import Iterable, Optional, Union
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..languages import ISO_639_1, normalize_lang
-
 
 logger = logging.getLogger("seeyou_ml.data.corpus")
 

@@ -23,7 +23,6 @@ import functools
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
