@@ -45,6 +45,14 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             Epsilon of the layer norms.
         num_position_frequencies (`int`, *optional*, defaults to 8):
             Sine and cosine frequencies of the cells' 2-D position code, so any map size is encoded.
+        itm_pooling (`str`, *optional*, defaults to `"mean"`):
+            Which fused text state the matching logit reads: `"mean"`, the mask-aware mean of every token's state, or
+            `"cls"`, the first token's (ALBEF). Within one layer the first token's cross-attention sees only its own
+            query, not what the other words found, so a shallow head needs `"mean"`; `"cls"` suits deeper ones.
+        detach_towers (`bool`, *optional*, defaults to `False`):
+            Stop the head's gradients at the towers' outputs, so that its losses train the head alone and the
+            towers keep the space the contrastive loss shapes (small towers trained from scratch lose retrieval
+            accuracy to the head's losses; pretrained towers fine-tuned with ALBEF's recipe train jointly).
 
     Example:
 
@@ -65,6 +73,8 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     feature_stage: int = -1
     layer_norm_eps: float = 1e-5
     num_position_frequencies: int = 8
+    itm_pooling: str = "mean"
+    detach_towers: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -74,6 +84,8 @@ class SeeYouGroundingConfig(PreTrainedConfig):
         if self.num_hidden_layers < 1:
             raise ValueError(f"grounding_config.num_hidden_layers must be >= 1, got {self.num_hidden_layers}; give "
                              "grounding_config=None for a model without a head.")
+        if self.itm_pooling not in ("mean", "cls"):
+            raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
         if self.feature_stage >= 0:
             raise ValueError(f"grounding_config.feature_stage counts stages from the end (-1 the last), got "
                              f"{self.feature_stage}.")

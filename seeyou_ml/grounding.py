@@ -5,7 +5,7 @@ the queries; the cells of the vision tower's feature map (ResNet H x W cells, or
 sine-cosine position code, are keys and values. Every layer is self-attention over the text, cross-attention to the
 regions and an FFN (pre-norm). Three readouts:
 
-- an image-text matching logit from the first token (`<s>` / `[CLS]`);
+- an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`);
 - a box `(cx, cy, w, h)` in [0, 1] for a referring expression: its centre is the attention centroid of the
   expression's tokens in the last layer (a reference point, as Deformable DETR's) moved by a learned offset, its size
   regressed from the tokens' mean state;
@@ -177,7 +177,11 @@ class GroundingHead(nn.Module):
             text, weights = layer(text, text_mask, regions)
             maps.append(weights)
         text = self.final_norm(text)
-        itm_logits = self.itm(text[:, 0]).squeeze(-1)  # (B,)
+        if self.config.itm_pooling == "cls":
+            itm_logits = self.itm(text[:, 0]).squeeze(-1)  # (B,)
+        else:
+            weights = text_mask / text_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
+            itm_logits = self.itm((text * weights[:, :, None]).sum(1)).squeeze(-1)  # (B, T, d) -> (B, d) -> (B,)
 
         share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
         attention = (maps[-1].mean(1) * share[:, :, None]).sum(1)  # (B, h, T, L) -> (B, T, L) -> (B, L)

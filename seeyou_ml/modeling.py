@@ -362,18 +362,23 @@ class SeeYouModel(SeeYouPreTrainedModel):
     ) -> dict[str, Any]:
         """The grounding head's outputs: matching logits of the captions, and the referring expression's box and maps."""
         head = self.grounding_head
+        detach = self.config.grounding_config.detach_towers
         if attention_mask is None:
             attention_mask = torch.ones(caption_states.shape[:2], dtype=torch.long, device=caption_states.device)
-        regions, size = head.encode_regions(self.grounding_feature_map(vision))  # (B, H*W, d)
+        feature_map = self.grounding_feature_map(vision)
+        if detach:
+            feature_map, caption_states = feature_map.detach(), caption_states.detach()
+        regions, size = head.encode_regions(feature_map)  # (B, H*W, d)
         caption_text = head.encode_text(caption_states)  # (B, T, d)
         caption = head.fuse(caption_text, attention_mask, regions, size, phrase_token_mask)
         expression = caption if phrase_token_mask is not None else None
         if phrase_input_ids is not None:
             if phrase_attention_mask is None:
                 phrase_attention_mask = torch.ones_like(phrase_input_ids)
-            states = self.text_model(
-                input_ids=phrase_input_ids, attention_mask=phrase_attention_mask, return_dict=True
-            ).last_hidden_state  # (B, P, H)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+                states = self.text_model(
+                    input_ids=phrase_input_ids, attention_mask=phrase_attention_mask, return_dict=True
+                ).last_hidden_state  # (B, P, H)
             expression = head.fuse(head.encode_text(states), phrase_attention_mask, regions, size)
         outputs = {
             "itm_logits": caption.itm_logits,

@@ -81,6 +81,46 @@ def test_a_caption_span_gives_the_box_when_no_phrase_is_given():
     assert model(**inputs).pred_boxes is None
 
 
+def test_the_matching_logit_reads_the_mean_of_the_fused_tokens_or_the_first_one():
+    torch.manual_seed(0)
+    head_config = SeeYouConfig(grounding_config=HEAD).grounding_config
+    regions = torch.randn(2, 9, 16)
+    text = torch.randn(2, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    from seeyou_ml.grounding import GroundingHead
+
+    head = GroundingHead(head_config, text_width=16, vision_width=16).eval()
+    out = head.fuse(text, mask, regions, (3, 3))
+    # The fused states the readout sees: the layers run again by hand.
+    fused = text
+    for layer in head.layers:
+        fused, _ = layer(fused, mask.float(), regions)
+    fused = head.final_norm(fused)
+    expected_mean = torch.stack([head.itm(fused[0].mean(0)), head.itm(fused[1, :3].mean(0))]).squeeze(-1)
+    torch.testing.assert_close(out.itm_logits, expected_mean)
+
+    head.config = SeeYouConfig(grounding_config=dict(HEAD, itm_pooling="cls")).grounding_config
+    torch.testing.assert_close(head.fuse(text, mask, regions, (3, 3)).itm_logits, head.itm(fused[:, 0]).squeeze(-1))
+    with pytest.raises(ValueError, match="itm_pooling must be 'mean' or 'cls'"):
+        SeeYouConfig(grounding_config=dict(HEAD, itm_pooling="max"))
+
+
+def test_detached_towers_get_no_gradient_from_the_head():
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, detach_towers=True)))
+    out = model(**_inputs())
+    (out.itm_logits.sum() + out.pred_boxes.sum()).backward()
+    assert all(p.grad is None for p in model.text_model.parameters())
+    assert all(p.grad is None for p in model.vision_model.parameters())
+    assert model.grounding_head.itm.weight.grad.abs().sum() > 0
+    assert model.grounding_head.region_in.weight.grad.abs().sum() > 0
+
+    model.zero_grad(set_to_none=True)
+    model(**_inputs(), return_loss=True).loss.backward()  # the contrastive loss still trains the towers
+    assert model.text_model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
 def test_save_and_load_with_a_head_and_a_checkpoint_without_one(tmp_path):
     torch.manual_seed(0)
     model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD)).eval()
