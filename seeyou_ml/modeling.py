@@ -213,6 +213,29 @@ class SeeYouModel(SeeYouPreTrainedModel):
             hidden_states=getattr(outputs, "hidden_states", None),
         )
 
+    def _embed_batch_images(self, pixel_values: torch.Tensor, image_id: list[str] | None) -> BaseModelOutputWithPooling:
+        """`get_image_features` of a batch, running the vision tower once per distinct image: rows that share an
+        `image_id` and hold the same pixels (several captions of one image) are embedded once and their outputs
+        repeated, so a batch of B captions of B / k images costs the vision tower B / k images."""
+        if image_id is None or len(set(image_id)) == len(image_id):
+            return self.get_image_features(pixel_values)
+        first_row: dict[str, int] = {}
+        for row, image in enumerate(image_id):
+            first_row.setdefault(image, row)
+        slot = {image: k for k, image in enumerate(first_row)}
+        inverse = torch.tensor([slot[image] for image in image_id], device=pixel_values.device)  # (B,) -> [0, U)
+        unique = pixel_values[torch.tensor(list(first_row.values()), device=pixel_values.device)]  # (U, 3, H, W)
+        if not torch.equal(unique[inverse], pixel_values):  # augmented views of one image differ: embed every row
+            return self.get_image_features(pixel_values)
+        if pixel_values.is_contiguous(memory_format=torch.channels_last):
+            unique = unique.contiguous(memory_format=torch.channels_last)
+        vision = self.get_image_features(unique)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision.last_hidden_state[inverse],
+            pooler_output=vision.pooler_output[inverse],
+            hidden_states=tuple(h[inverse] for h in vision.hidden_states) if vision.hidden_states is not None else None,
+        )
+
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -282,7 +305,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         # Text first: backward visits later operations first, so the vision tower's activations are freed before the
         # text tower's word-embedding gradient (a dense vocab x hidden tensor, 768 MB for XLM-R base) is formed.
         text = self.get_text_features(input_ids, attention_mask, lang=lang)
-        vision = self.get_image_features(pixel_values)
+        vision = self._embed_batch_images(pixel_values, image_id)
         image_embeds, text_embeds = vision.pooler_output, text.pooler_output
         scale = self.scale()
         logits_per_text = scale * text_embeds @ image_embeds.T  # (B_text, B_image)

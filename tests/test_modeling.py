@@ -191,6 +191,41 @@ def test_image_ids_mask_false_negatives(tiny_model, tiny_tokenizer):
     torch.testing.assert_close(out.loss.detach(), expected)
 
 
+def test_an_image_with_several_captions_in_a_batch_is_embedded_once(tiny_model, tiny_tokenizer):
+    ids, mask = text_batch(tiny_tokenizer, ["a red circle", "a blue star", "the red circle", "the blue star"])
+    images = torch.rand(2, 3, 32, 32)
+    pixels = images[[0, 1, 0, 1]]
+    seen = []  # images per pass through the ResNet stem
+    count = lambda module, args, out: seen.append(args[0].shape[0])  # noqa: E731
+    hook = tiny_model.vision_model.embedder.register_forward_hook(count)
+    model = tiny_model.eval()
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True,
+                image_id=["7", "9", "7", "9"])
+    plain = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True)
+    assert seen == [2, 4]  # two distinct images, then every row without ids
+    torch.testing.assert_close(out.image_embeds, plain.image_embeds)
+    torch.testing.assert_close(out.vision_model_output.last_hidden_state, plain.vision_model_output.last_hidden_state)
+
+    # The gradient of every row reaches the one embedding of its image: equal to embedding each row.
+    out.loss.backward()
+    deduplicated = model.visual_projection.weight.grad.clone()
+    model.zero_grad()
+    hook.remove()
+    rows = model.get_image_features(pixels).pooler_output
+    texts = model.get_text_features(ids, mask).pooler_output
+    from seeyou_ml.losses import contrastive_loss
+
+    contrastive_loss(rows, texts, model.scale(), torch.tensor([7, 9, 7, 9])).backward()
+    torch.testing.assert_close(deduplicated, model.visual_projection.weight.grad)
+
+    # Rows of one image id that hold different pixels (augmented views) are each embedded.
+    seen.clear()
+    hook = model.vision_model.embedder.register_forward_hook(count)
+    model(input_ids=ids, attention_mask=mask, pixel_values=torch.rand(4, 3, 32, 32), image_id=["7", "9", "7", "9"])
+    hook.remove()
+    assert seen == [4]
+
+
 def test_forward_names_bad_inputs(tiny_model, tiny_tokenizer):
     ids, mask = text_batch(tiny_tokenizer, ["a red circle", "a blue star"])
     with pytest.raises(ValueError, match="needs both `input_ids` and `pixel_values`"):

@@ -227,7 +227,8 @@ def test_neighbour_batches_mix_groups_and_stream_and_follow_seed_and_epoch():
     ("kwargs", "message"),
     [
         ({"hard_fraction": 1.5}, "hard_fraction=1.5 must be between 0 and 1"),
-        ({"group_size": 1}, "group_size=1 must be between 2 and batch_size"),
+        ({"group_size": 1}, "group_size=1 must be between 2 and the images of a batch"),
+        ({"batch_captions_per_image": 2, "group_size": 8}, r"group_size=8 must be between 2 and the images of a batch \(4\)"),
         ({"group_size": 4, "num_neighbours": 2}, "num_neighbours=2 must be at least group_size - 1"),
     ],
 )
@@ -237,3 +238,35 @@ def test_neighbour_sampler_names_bad_settings(kwargs, message):
         NeighbourBatchSampler(image_ids, features, batch_size=8, **kwargs)
     with pytest.raises(ValueError, match="features has 3 entries but image_ids has 128"):
         NeighbourBatchSampler(image_ids, features[:3], batch_size=8)
+
+
+def test_several_captions_of_each_image_come_together_and_the_plan_stays_the_same():
+    image_ids, langs = flickr_like_rows()
+    one = UniqueImageBatchSampler(image_ids, batch_size=8, langs=langs, drop_last=True, seed=3)
+    two = UniqueImageBatchSampler(image_ids, batch_size=16, langs=langs, drop_last=True, seed=3,
+                                  batch_captions_per_image=2)
+    planned, batches = list(one), list(two)
+    assert [batch[::2] for batch in batches] == planned  # the planned rows, each followed by one more caption
+    for batch in batches:
+        assert len(batch) == 16 and len(set(batch)) == 16
+        pairs = [(image_ids[batch[i]], image_ids[batch[i + 1]]) for i in range(0, 16, 2)]
+        assert all(a == b for a, b in pairs) and len({a for a, _ in pairs}) == 8
+
+
+def test_neighbour_groups_keep_their_images_with_several_captions_each():
+    image_ids, features = objects_corpus()
+    sampler = NeighbourBatchSampler(image_ids, features, batch_size=16, hard_fraction=1.0, group_size=4,
+                                    num_neighbours=3, drop_last=True, seed=0, batch_captions_per_image=2)
+    for batch in sampler:
+        names = [image_ids[row] for row in batch]
+        assert names[::2] == names[1::2] and len(set(names)) == 8
+        for group in (names[:8], names[8:]):
+            assert len({int(name[3:]) // 4 for name in group}) == 1
+
+
+def test_several_captions_per_image_must_divide_the_batch_and_exist():
+    image_ids, langs = flickr_like_rows()
+    with pytest.raises(ValueError, match="batch_captions_per_image=3 must be >= 1 and divide batch_size=16"):
+        UniqueImageBatchSampler(image_ids, batch_size=16, batch_captions_per_image=3)
+    with pytest.raises(ValueError, match="image 'b' has 1 caption\\(s\\), fewer than batch_captions_per_image=2"):
+        UniqueImageBatchSampler(["a", "a", "b"], batch_size=2, batch_captions_per_image=2)

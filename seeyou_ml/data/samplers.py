@@ -33,7 +33,8 @@ def _factorize(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class UniqueImageBatchSampler(Sampler[list[int]]):
-    """Yields batches of dataset indices in which no image appears twice.
+    """Yields batches of dataset indices in which no image appears twice (or, with `batch_captions_per_image=k`,
+    every image of a batch appears with exactly k of its captions).
 
     Deterministic given `seed` and the epoch set with `set_epoch`, so every process of a distributed run plans the
     same batches. Use it as the DataLoader's `batch_sampler`; Accelerate shards batch samplers across processes
@@ -63,6 +64,12 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
         max_captions_per_image (`int`, *optional*):
             Use at most this many captions of each image (per language when grouping) per epoch, e.g. 1 for the
             one-caption-per-image epochs of CLIP-style training; all when omitted.
+        batch_captions_per_image (`int`, *optional*, defaults to 1):
+            Captions of each image in a batch: a batch holds `batch_size / batch_captions_per_image` images, each
+            with the caption the plan drew and `batch_captions_per_image - 1` more of its captions, drawn at
+            random (other languages, where an image has one caption per language). `SeeYouModel` embeds an image
+            once however many of its captions a batch holds, so the vision tower's cost per batch falls by this
+            factor. The extra captions are extra draws: the epoch's plan covers each caption once as before.
 
     Example:
 
@@ -88,9 +95,13 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         seed: int = 0,
         max_captions_per_image: int | None = None,
+        batch_captions_per_image: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        if batch_captions_per_image < 1 or batch_size % batch_captions_per_image:
+            raise ValueError(f"batch_captions_per_image={batch_captions_per_image} must be >= 1 and divide "
+                             f"batch_size={batch_size}.")
         if group_by_language and langs is None:
             raise ValueError("group_by_language=True needs langs (the lang column); pass langs=dataset['lang'].")
         if langs is not None and len(langs) != len(image_ids):
@@ -103,6 +114,18 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
         else:
             self.lang_codes, self.lang_names = np.zeros(len(image_ids), dtype=np.int64), np.asarray([""])
         self.batch_size = batch_size
+        self.batch_captions_per_image = batch_captions_per_image
+        # The plan places images; each becomes batch_captions_per_image captions when a batch is handed out.
+        self.images_per_batch = batch_size // batch_captions_per_image
+        by_image = np.argsort(self.image_codes, kind="stable")
+        starts = np.searchsorted(self.image_codes[by_image], np.arange(len(self.image_names)))
+        self._rows_by_image = np.split(by_image, starts[1:])  # rows of each image
+        if batch_captions_per_image > 1:
+            fewest = int(np.argmin([len(rows) for rows in self._rows_by_image]))
+            if len(self._rows_by_image[fewest]) < batch_captions_per_image:
+                raise ValueError(f"image {str(self.image_names[fewest])!r} has {len(self._rows_by_image[fewest])} "
+                                 f"caption(s), fewer than batch_captions_per_image={batch_captions_per_image}; "
+                                 "lower it or drop images with fewer captions.")
         self.group_by_language = group_by_language
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -178,7 +201,7 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
                 return False
             batch.append(row)
             seen.add(image)
-            if len(batch) == self.batch_size:
+            if len(batch) == self.images_per_batch:
                 batches.append(batch)
                 batch, seen = [], set()
             return True
@@ -207,8 +230,24 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
 
     def _plan_epoch(self) -> list[list[int]]:
         if self._plan is None or self._plan[0] != self.epoch:
-            self._plan = (self.epoch, self._plan_batches(np.random.default_rng([self.seed, self.epoch])))
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._plan = (self.epoch, self._with_more_captions(self._plan_batches(rng), rng))
         return self._plan[1]
+
+    def _with_more_captions(self, batches: list[list[int]], rng: np.random.Generator) -> list[list[int]]:
+        """Each planned row followed by `batch_captions_per_image - 1` other captions of its image."""
+        extra = self.batch_captions_per_image - 1
+        if not extra:
+            return batches
+        expanded = []
+        for batch in batches:
+            rows = []
+            for row in batch:
+                others = self._rows_by_image[self.image_codes[row]]
+                others = others[others != row]
+                rows += [row, *rng.choice(others, size=extra, replace=False).tolist()]
+            expanded.append(rows)
+        return expanded
 
     def _plan_batches(self, rng: np.random.Generator) -> list[list[int]]:
         """The batches of one epoch, drawn from `rng` (seeded from the seed and the epoch)."""
@@ -230,7 +269,8 @@ class UniqueImageBatchSampler(Sampler[list[int]]):
 
     @property
     def captions_per_epoch(self) -> int:
-        """Number of captions the current epoch's batches cover (each at most once)."""
+        """Number of captions the current epoch's batches hold (each at most once, unless batches draw more captions
+        per image or neighbours)."""
         return sum(len(batch) for batch in self._plan_epoch())
 
     def coverage(self) -> dict[str, tuple[int, int]]:
@@ -319,8 +359,8 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
         hard_fraction (`float`, *optional*, defaults to 0.5): Share of each batch filled with neighbour groups.
         group_size (`int`, *optional*, defaults to 4): Images per group (an anchor and its neighbours).
         num_neighbours (`int`, *optional*, defaults to 16): Nearest images each group draws its neighbours from.
-        langs, shuffle, drop_last, seed, max_captions_per_image: As for [`UniqueImageBatchSampler`] (batches mix
-            languages; `group_by_language` is not offered).
+        langs, shuffle, drop_last, seed, max_captions_per_image, batch_captions_per_image: As for
+            [`UniqueImageBatchSampler`] (batches mix languages; `group_by_language` is not offered).
 
     Example:
 
@@ -348,16 +388,19 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
         drop_last: bool = False,
         seed: int = 0,
         max_captions_per_image: int | None = None,
+        batch_captions_per_image: int = 1,
     ):
         super().__init__(image_ids, batch_size, langs=langs, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                         max_captions_per_image=max_captions_per_image)
+                         max_captions_per_image=max_captions_per_image,
+                         batch_captions_per_image=batch_captions_per_image)
         if len(features) != len(image_ids):
             raise ValueError(f"features has {len(features)} entries but image_ids has {len(image_ids)}; pass one "
                              "per row.")
         if not 0.0 <= hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction={hard_fraction} must be between 0 and 1.")
-        if group_size < 2 or group_size > batch_size:
-            raise ValueError(f"group_size={group_size} must be between 2 and batch_size ({batch_size}).")
+        if group_size < 2 or group_size > self.images_per_batch:
+            raise ValueError(f"group_size={group_size} must be between 2 and the images of a batch "
+                             f"({self.images_per_batch}).")
         if num_neighbours < group_size - 1:
             raise ValueError(f"num_neighbours={num_neighbours} must be at least group_size - 1 ({group_size - 1}).")
         self.hard_fraction = hard_fraction
@@ -366,14 +409,10 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
         for code, values in zip(self.image_codes.tolist(), features):
             per_image[code].update(values)
         self.neighbours = nearest_images(per_image, num_neighbours, seed=seed)
-        # Rows of each image, for drawing a random caption of a neighbour.
-        by_image = np.argsort(self.image_codes, kind="stable")
-        starts = np.searchsorted(self.image_codes[by_image], np.arange(len(self.image_names)))
-        self._rows_by_image = np.split(by_image, starts[1:])
 
     def _plan_batches(self, rng: np.random.Generator) -> list[list[int]]:
         stream = self._group_order(np.arange(len(self.image_codes)), rng).tolist()
-        groups_per_batch = int(self.batch_size * self.hard_fraction) // self.group_size
+        groups_per_batch = int(self.images_per_batch * self.hard_fraction) // self.group_size
         batches: list[list[int]] = []
         waiting: deque[int] = deque()
         position = 0
@@ -395,7 +434,7 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
                     return row
                 return None
 
-            for _ in range(groups_per_batch):  # groups_per_batch * group_size <= batch_size
+            for _ in range(groups_per_batch):  # groups_per_batch * group_size <= images_per_batch
                 anchor = next_row()
                 if anchor is None:
                     break
@@ -408,16 +447,16 @@ class NeighbourBatchSampler(UniqueImageBatchSampler):
                 for neighbour in candidates[: self.group_size - 1]:
                     batch.append(int(rng.choice(self._rows_by_image[neighbour])))
                     seen.add(int(neighbour))
-            while len(batch) < self.batch_size:
+            while len(batch) < self.images_per_batch:
                 row = next_row()
                 if row is None:
                     break
                 batch.append(row)
                 seen.add(int(self.image_codes[row]))
             waiting.extend(deferred)
-            if len(batch) == self.batch_size or (batch and not self.drop_last):
+            if len(batch) == self.images_per_batch or (batch and not self.drop_last):
                 batches.append(batch)
-            if len(batch) < self.batch_size:
+            if len(batch) < self.images_per_batch:
                 break
         return batches
 
