@@ -106,11 +106,16 @@ def _measure(method: str, n: int, m: int, args: argparse.Namespace, dtype_name: 
     """Runs one method in a fresh child; with `busy`, one spinning process per core runs beside it throughout."""
     command = [sys.executable, __file__, "--child", method, "--n", str(n), "--m", str(m), "--dim", str(args.dim),
                "--dtypes", dtype_name, "--chunk-size", str(args.chunk_size), "--k", str(args.k)]
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)
-                if busy]
+    # Spinners share the cores with the method only under time-sharing: under a first-in-first-out real-time
+    # policy (e.g. started with `chrt -f`) a spinner would hold its core for good, so they drop to the normal policy.
+    normal = None
+    if hasattr(os, "sched_setscheduler"):
+        normal = lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # noqa: E731
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=normal)
+                for _ in range(os.cpu_count() or 1) if busy]
     try:
         output = subprocess.run(command, check=True, capture_output=True, text=True,
-                                env={**os.environ, **MEMORY_ENV}).stdout
+                                env={**os.environ, **MEMORY_ENV}, preexec_fn=normal if busy else None).stdout
     finally:
         for spinner in spinners:
             spinner.kill()
