@@ -448,7 +448,14 @@ def resolve_reference(
 
     Returns:
         `(span, (x0, y0, x1, y1), score)` for every span and candidate box, boxes in the image's pixels, scores in
-        [0, 1], highest score first.
+        [0, 1], highest score first. The head's own boxes are [`ground`]'s, which may reach past the image's edge
+        (their crops are clipped to it); a detector's are its pipeline's.
+
+    Raises:
+        ValueError: when `model` has no grounding head, `text` is empty, `phrases` is not a list of non-empty strings,
+            both `ner` and `phrases` are given, `ner` or `detector` is neither a name, a folder nor a pipeline (or
+            returns something else than a token-classification / object-detection pipeline does), or
+            `attention_weight` lies outside [0, 1].
 
     Example:
 
