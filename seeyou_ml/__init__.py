@@ -8,6 +8,7 @@ Importing the package registers [`SeeYouConfig`], [`SeeYouModel`] and [`SeeYouPr
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
 from .configuration import SeeYouConfig, SeeYouGroundingConfig
+from .grounding import resolve_reference
 from .losses import contrastive_loss
 from .modeling import SeeYouModel, SeeYouOutput, SeeYouPreTrainedModel
 from .processing import SeeYouProcessor
@@ -27,4 +28,5 @@ __all__ = [
     "SeeYouPreTrainedModel",
     "SeeYouProcessor",
     "contrastive_loss",
+    "resolve_reference",
 ]

@@ -10,12 +10,18 @@ regions and an FFN (pre-norm). Three readouts:
   expression's tokens in the last layer (a reference point, as Deformable DETR's) moved by a learned offset, its size
   regressed from the tokens' mean state;
 - the cross-attention maps of every layer, `(B, heads, T, H*W)`.
+
+[`ground`] turns the readouts into boxes in an image's pixels; [`resolve_reference`] finds the referring spans of a
+text and ranks candidate boxes (the head's own, or an object detector's) by attention mass and crop-text similarity.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +242,11 @@ class GroundingResult:
     points: torch.Tensor
 
 
+def _require_head(model) -> None:
+    if getattr(model, "grounding_head", None) is None:
+        raise ValueError("`model` has no grounding head; train one with `grounding_config` set in its config.")
+
+
 @torch.no_grad()
 def ground(model, processor, images: list, texts: list[str]) -> GroundingResult:
     """Finds what each text refers to in its image with a model's grounding head.
@@ -250,26 +261,34 @@ def ground(model, processor, images: list, texts: list[str]) -> GroundingResult:
         [`GroundingResult`], in the original images' pixels.
     """
     from .images import load_image
-    from .processing import processed_frame
 
-    if getattr(model, "grounding_head", None) is None:
-        raise ValueError("this model has no grounding head; train one with `grounding_config` set in its config.")
+    _require_head(model)
     if len(images) != len(texts):
         raise ValueError(f"ground got {len(images)} images and {len(texts)} texts; give one text per image.")
-    pil = [load_image(image) for image in images]
+    return _ground_texts(model, processor, [load_image(image) for image in images], texts, list(range(len(texts))))[0]
+
+
+def _ground_texts(
+    model, processor, images: list, texts: list[str], image_index: list[int]
+) -> tuple[GroundingResult, torch.Tensor]:
+    """[`ground`] for text i in `images[image_index[i]]` (RGB PIL images), each image through the vision tower once;
+    also returns the texts' (N, D) dual-encoder embeddings from the same text forward."""
+    from .processing import processed_frame
+
     device = next(model.parameters()).device
-    pixel_values = processor(images=pil, return_tensors="pt")["pixel_values"].to(device)
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
     encoded = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True).to(device)
-    text_states = model.get_text_features(encoded["input_ids"], encoded["attention_mask"]).last_hidden_state
+    text = model.get_text_features(encoded["input_ids"], encoded["attention_mask"])
     feature_map = model.grounding_feature_map(model.get_image_features(pixel_values))
-    out = model.grounding_head(text_states, encoded["attention_mask"], feature_map)
+    feature_map = feature_map[torch.tensor(image_index, device=device)]  # one row per text
+    out = model.grounding_head(text.last_hidden_state, encoded["attention_mask"], feature_map)
     height, width = region_grid(feature_map)[1]
     attention = out.expression_attention.float().view(-1, 1, height, width)  # (N, H*W) -> (N, 1, H, W)
     out_h, out_w = pixel_values.shape[-2:]
     upsampled = F.interpolate(attention, size=(out_h, out_w), mode="bilinear", align_corners=False).flatten(1)
     peak = upsampled.argmax(dim=-1)  # (N,), index into the processed image's pixels
     boxes, points = [], []
-    for i, image in enumerate(pil):
+    for i, image in enumerate(images[j] for j in image_index):
         scale_x, scale_y, offset_x, offset_y, frame_w, frame_h = processed_frame(processor.image_processor, *image.size)
         cx, cy, w, h = out.pred_boxes[i].float().cpu().tolist()
         # (cx, cy, w, h) in [0, 1] of the processed image -> its pixels -> the original image's pixels.
@@ -280,20 +299,209 @@ def ground(model, processor, images: list, texts: list[str]) -> GroundingResult:
         boxes.append((corners + offset) / scale)
         row, col = divmod(int(peak[i]), out_w)
         points.append(torch.tensor([(col + 0.5 + offset_x) / scale_x, (row + 0.5 + offset_y) / scale_y]))
-    return GroundingResult(
+    result = GroundingResult(
         boxes=torch.stack(boxes),
         scores=torch.sigmoid(out.itm_logits.float()).cpu(),
         attention=attention[:, 0].cpu(),
         points=torch.stack(points),
     )
+    return result, text.pooler_output.float().cpu()
+
+
+def attention_mass(attention: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The share of each attention map that falls inside each box.
+
+    Each map is read as constant over each of its cells (the cells tile the processed image), so a box's mass is the
+    cells' weights times the fraction of each cell's area the box covers: the whole frame holds all of a map's mass.
+
+    Args:
+        attention: (S, H, W) maps on the head's grid, each summing to 1 (as [`GroundingResult`]'s `attention`).
+        boxes: (K, 4) `(x0, y0, x1, y1)` in [0, 1] of the processed image.
+
+    Returns:
+        (S, K) masses in [0, 1].
+    """
+    height, width = attention.shape[-2:]
+    boxes = boxes.to(attention.dtype).clamp(0.0, 1.0)
+
+    def coverage(low: torch.Tensor, high: torch.Tensor, cells: int) -> torch.Tensor:
+        """(K,) intervals -> (K, cells): the fraction of each cell's extent inside the interval."""
+        edges = torch.arange(cells + 1, dtype=attention.dtype, device=attention.device) / cells
+        inside = torch.minimum(high[:, None], edges[1:]) - torch.maximum(low[:, None], edges[:-1])
+        return inside.clamp(min=0.0) * cells
+
+    across, down = coverage(boxes[:, 0], boxes[:, 2], width), coverage(boxes[:, 1], boxes[:, 3], height)
+    return torch.einsum("shw,kh,kw->sk", attention, down, across)
+
+
+def _pipeline(task: str, model_or_pipeline: Any, argument: str, device: torch.device, **kwargs) -> Any:
+    """A transformers pipeline of `task` from a model name or folder; a ready pipeline (any callable) as it is."""
+    if isinstance(model_or_pipeline, (str, os.PathLike)):
+        from transformers import pipeline
+
+        return pipeline(task, model=str(model_or_pipeline), device=device, **kwargs)
+    if callable(model_or_pipeline):
+        return model_or_pipeline
+    raise ValueError(
+        f"`{argument}` is a {type(model_or_pipeline).__name__}; give a model name, a local folder or a ready "
+        f'`transformers.pipeline("{task}", ...)`.'
+    )
+
+
+def referring_spans(text: str, ner: Any = None, phrases: Sequence[str] | None = None, device: Any = None) -> list[str]:
+    """The referring expressions of a text: named by a token-classification model, given, or the whole text.
+
+    Args:
+        text: the text that refers to things in an image.
+        ner: a token-classification model name, local folder or ready pipeline; every entity it finds in `text` is a
+            span (a name or folder is loaded with `aggregation_strategy="simple"`, grouping `B-`/`I-` tokens into
+            one entity). When it finds none, the whole text is the one span.
+        phrases: referring expressions to use as they are (usually spans of `text`), when `ner` is not given.
+        device: where a pipeline built from a name or folder runs.
+
+    Returns:
+        The distinct spans, in the order found.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"`text` is {text!r}; give the sentence that refers to something in the image.")
+    if ner is not None and phrases is not None:
+        raise ValueError("give `ner` (to find the spans) or `phrases` (the spans), not both.")
+    if ner is not None:
+        entities = _pipeline("token-classification", ner, "ner", device, aggregation_strategy="simple")(text)
+        if any("entity_group" not in entity for entity in entities):
+            raise ValueError("the `ner` pipeline returns single tokens, not entities; build it with "
+                             'aggregation_strategy="simple" (or "first", "max", "average").')
+        spans = [text[e["start"]:e["end"]] if e.get("start") is not None else e["word"] for e in entities]
+    elif phrases is not None:
+        if isinstance(phrases, str) or not isinstance(phrases, Sequence) or not phrases:
+            raise ValueError(f"`phrases` is {phrases!r}; give a non-empty list of strings, e.g. phrases=[{text!r}].")
+        for index, phrase in enumerate(phrases):
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise ValueError(f"phrases[{index}] is {phrase!r}; every phrase must be a non-empty string.")
+        spans = list(phrases)
+    else:
+        spans = [text]
+    spans = list(dict.fromkeys(span.strip() for span in spans if span.strip()))
+    return spans or [text]
+
+
+def _detected_boxes(image: Any, detector: Any, device: torch.device) -> torch.Tensor:
+    """(K, 4) `(x0, y0, x1, y1)` in the image's pixels of what an object-detection pipeline finds in it."""
+    detections = _pipeline("object-detection", detector, "detector", device)(image)
+    try:
+        corners = [[float(d["box"][k]) for k in ("xmin", "ymin", "xmax", "ymax")] for d in detections]
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"`detector` returned {detections!r:.200}, not object-detection results (a list of "
+            '{"box": {"xmin", "ymin", "xmax", "ymax"}, ...}); give an object-detection pipeline.'
+        ) from error
+    return torch.tensor(corners, dtype=torch.float32).reshape(-1, 4)  # (K, 4)
+
+
+def _crop_embeddings(model, processor, image: Any, boxes: torch.Tensor) -> torch.Tensor:
+    """(K, D) dual-encoder embeddings of the image cropped to each box (clipped to the image, at least a pixel)."""
+    crops = []
+    for x0, y0, x1, y1 in boxes.tolist():
+        left, top = min(max(math.floor(x0), 0), image.width - 1), min(max(math.floor(y0), 0), image.height - 1)
+        right, bottom = max(min(math.ceil(x1), image.width), left + 1), max(min(math.ceil(y1), image.height), top + 1)
+        crops.append(image.crop((left, top, right, bottom)))
+    device = next(model.parameters()).device
+    pixel_values = processor(images=crops, return_tensors="pt")["pixel_values"].to(device)
+    return model.get_image_features(pixel_values).pooler_output.float().cpu()
+
+
+@torch.no_grad()
+def resolve_reference(
+    image: Any,
+    text: str,
+    model,
+    processor,
+    ner: Any = None,
+    detector: Any = None,
+    phrases: Sequence[str] | None = None,
+    attention_weight: float = 0.5,
+) -> list[tuple[str, tuple[float, float, float, float], float]]:
+    """Finds what the referring spans of a text point at in an image, best first.
+
+    1. Spans: what the token-classification model `ner` finds in `text` (the whole text when it finds nothing), else
+       `phrases`, else the whole text. Each span is grounded as a text of its own, as the head is trained (the
+       collator feeds every referring expression as its own `phrase`, tokenised beside the caption).
+    2. Candidate boxes: what the object-detection model `detector` finds (above its pipeline's threshold; every span
+       is scored against every box), else each span's own box from the grounding head. A detector that finds
+       nothing falls back to the head's boxes.
+    3. Scores: `attention_weight * mass + (1 - attention_weight) * (1 + cos) / 2`, where `mass` in [0, 1] is the share
+       of the span's last-layer cross-attention map (heads and tokens averaged) inside the box (see
+       [`attention_mass`]; the parts of the image that a centre crop drops hold none), and `cos` is the cosine of
+       the dual encoder's embeddings of the image cropped to the box and of the span. The mass grows with the box,
+       the crop similarity does not: their mean keeps a whole-image box from winning by size alone.
+
+    Args:
+        image: a PIL image, a path, or anything the corpora's `image` column holds.
+        text: the sentence that refers to something in the image.
+        model: a [`SeeYouModel`] with a grounding head; it runs where its weights are.
+        processor: its [`SeeYouProcessor`].
+        ner: a token-classification model name, local folder or ready `transformers` pipeline (see
+            [`referring_spans`]).
+        detector: an object-detection model name, local folder or ready `transformers` pipeline.
+        phrases: the referring expressions, when `ner` is not given.
+        attention_weight: weight of the attention mass in the score, in [0, 1]; the crop similarity gets the rest.
+
+    Returns:
+        `(span, (x0, y0, x1, y1), score)` for every span and candidate box, boxes in the image's pixels, scores in
+        [0, 1], highest score first. The head's own boxes are [`ground`]'s, which may reach past the image's edge
+        (their crops are clipped to it); a detector's are its pipeline's.
+
+    Raises:
+        ValueError: when `model` has no grounding head, `text` is empty, `phrases` is not a list of non-empty strings,
+            both `ner` and `phrases` are given, `ner` or `detector` is neither a name, a folder nor a pipeline (or
+            returns something else than a token-classification / object-detection pipeline does), or
+            `attention_weight` lies outside [0, 1].
+
+    Example:
+
+    ```python
+    >>> from seeyou_ml import resolve_reference
+    >>> resolve_reference("scene.png", "the red circle left of the blue square", model, processor,
+    ...                   phrases=["the red circle", "the blue square"])  # doctest: +SKIP
+    [('the red circle', (12.0, 30.5, 41.2, 60.0), 0.81), ('the blue square', (70.3, 28.0, 101.9, 59.4), 0.77)]
+    ```
+    """
+    from .images import load_image
+    from .processing import boxes_to_processed, processed_frame
+
+    _require_head(model)
+    if not 0.0 <= attention_weight <= 1.0:
+        raise ValueError(f"`attention_weight` is {attention_weight}; give a weight in [0, 1].")
+    device = next(model.parameters()).device
+    picture = load_image(image)
+    spans = referring_spans(text, ner, phrases, device)
+    found, span_embeds = _ground_texts(model, processor, [picture], spans, [0] * len(spans))
+    boxes = _detected_boxes(picture, detector, device) if detector is not None else torch.empty(0, 4)
+    own = boxes.shape[0] == 0  # no detector, or it found nothing: each span's own box
+    if own:
+        boxes = found.boxes
+    frame_w, frame_h = processed_frame(processor.image_processor, *picture.size)[4:]
+    unit = boxes_to_processed(processor.image_processor, boxes, *picture.size) / torch.tensor(
+        [frame_w, frame_h, frame_w, frame_h]
+    )  # (K, 4) in [0, 1] of the processed image
+    mass = attention_mass(found.attention, unit)  # (S, K)
+    similarity = (1 + span_embeds @ _crop_embeddings(model, processor, picture, boxes).T) / 2  # (S, K)
+    scores = attention_weight * mass + (1 - attention_weight) * similarity
+    every = range(len(spans))
+    pairs = [(s, s) for s in every] if own else [(s, k) for s in every for k in range(len(boxes))]
+    ranked = [(spans[s], tuple(boxes[k].tolist()), float(scores[s, k])) for s, k in pairs]
+    return sorted(ranked, key=lambda entry: entry[2], reverse=True)
 
 
 __all__ = [
     "GroundingHead",
     "GroundingHeadOutput",
     "GroundingResult",
+    "attention_mass",
     "cell_centres",
     "ground",
     "position_code",
+    "referring_spans",
     "region_grid",
+    "resolve_reference",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
@@ -122,6 +123,25 @@ def processed_frame(image_processor: Any, width: int, height: int) -> tuple[floa
     return new_w / width, new_h / height, offset_x, offset_y, out_w, out_h
 
 
+def boxes_to_processed(image_processor: Any, boxes: Any, width: int, height: int) -> torch.Tensor:
+    """Boxes of an input image in the processed image's pixels (see [`processed_frame`]), clipped to its frame.
+
+    Args:
+        image_processor: A transformers image processor.
+        boxes: (n, 4) `(x0, y0, x1, y1)` in the input image's pixels (anything `torch.as_tensor` takes; None = none).
+        width (`int`), height (`int`): Size of the input image.
+
+    Returns:
+        `torch.FloatTensor` of shape `(n, 4)`: the boxes in the processed image's pixels.
+    """
+    boxes = torch.as_tensor(boxes if boxes is not None else [], dtype=torch.float32).reshape(-1, 4)  # (n, 4)
+    scale_x, scale_y, offset_x, offset_y, out_w, out_h = processed_frame(image_processor, width, height)
+    scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
+    offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
+    limit = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
+    return torch.minimum((boxes * scale - offset).clamp(min=0.0), limit)
+
+
 class SeeYouProcessor(ProcessorMixin):
     r"""Wraps an image processor and a tokenizer into a single processor.
 
@@ -216,4 +236,4 @@ class SeeYouProcessor(ProcessorMixin):
 # Saved folders carry this file and an `auto_map` entry, so `AutoProcessor` loads them through remote code.
 SeeYouProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["SeeYouProcessor", "processed_frame", "to_rgb"]
+__all__ = ["SeeYouProcessor", "boxes_to_processed", "processed_frame", "to_rgb"]

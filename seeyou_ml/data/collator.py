@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..images import load_image
-from ..processing import processed_frame
+from ..processing import boxes_to_processed, processed_frame
 from .augment_image import MixUp
 from .augment_text import TextAugment
 
@@ -119,12 +119,7 @@ class SeeYouCollator:
             )
 
     def _scaled_boxes(self, boxes: Any, width: int, height: int) -> torch.Tensor:
-        boxes = torch.as_tensor(boxes if boxes is not None else [], dtype=torch.float32).reshape(-1, 4)  # (n, 4)
-        scale_x, scale_y, offset_x, offset_y, out_w, out_h = processed_frame(self.processor.image_processor, width, height)
-        scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
-        offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
-        limit = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
-        return torch.minimum((boxes * scale - offset).clamp(min=0.0), limit)
+        return boxes_to_processed(self.processor.image_processor, boxes, width, height)
 
     def _phrase(self, index: int, record: Mapping[str, Any], size: tuple[int, int]) -> tuple[str, torch.Tensor]:
         """The record's referring expression and its first box as `(cx, cy, w, h)` in [0, 1] of the processed image."""
