@@ -324,6 +324,7 @@ def hard_negative_indices(
     text_embeds: torch.Tensor,
     image_ids: torch.Tensor,
     generator: torch.Generator,
+    logit_scale: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard negatives of this process's pairs, drawn from the global batch.
 
@@ -335,6 +336,9 @@ def hard_negative_indices(
         text_embeds: (b, D) this process's normalised text embeddings.
         image_ids: (b,) integer image ids (texts of one image are positives of each other's image).
         generator: seeded equally in every process.
+        logit_scale: the contrastive loss's inverse temperature. Negatives are drawn with probability
+            softmax(logit_scale * cosine), the in-batch similarities the contrastive loss sees (ALBEF): over bare
+            cosines in [-1, 1] the softmax is nearly uniform and the negatives are random, not hard.
 
     Returns:
         `(negative_image_of_text, negative_text_of_image)`: (b,) indices into the global batch of B pairs.
@@ -344,7 +348,7 @@ def hard_negative_indices(
     all_images = gather_no_grad(image_embeds.detach())  # (B, D)
     all_texts = gather_no_grad(text_embeds.detach())  # (B, D)
     all_ids = gather_no_grad(image_ids)  # (B,)
-    similarity = all_texts.float() @ all_images.float().T  # (B_text, B_image)
+    similarity = float(logit_scale) * (all_texts.float() @ all_images.float().T)  # (B_text, B_image)
     positive = positive_pairs(all_ids, all_ids)  # (B, B), symmetric
     negative_image = sample_hard_negatives(similarity, positive, generator)  # (B,)
     negative_text = sample_hard_negatives(similarity.T, positive, generator)  # (B,)
@@ -462,7 +466,7 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     all_ids = gather_no_grad(ids)  # (B,)
     generator = torch.Generator().manual_seed(int(all_ids.remainder(2**31).sum()))
     negative_image, negative_text = hard_negative_indices(
-        outputs["image_embeds"], outputs["text_embeds"], ids, generator
+        outputs["image_embeds"], outputs["text_embeds"], ids, generator, logit_scale_of(model).detach()
     )
     regions = gather_with_grad(outputs["grounding_regions"])  # (B, L, d)
     text = outputs["grounding_text"]

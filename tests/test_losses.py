@@ -211,6 +211,19 @@ def test_negative_sampler_follows_the_softmax_of_the_similarities():
     torch.testing.assert_close(counts[1:] / counts.sum(), expected, atol=0.015, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+def test_hard_negatives_follow_the_softmax_of_the_scaled_similarities(scale):
+    # Text 0 pairs with image 0; image 1 is at cosine 0.8 from it, image 2 at cosine 0.
+    texts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    images = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]]), dim=-1)
+    ids = torch.tensor([0, 1, 2])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([hard_negative_indices(images, texts, ids, generator, scale)[0][0] for _ in range(4000)])
+    share = (draws == 1).float().mean()
+    expected = torch.softmax(torch.tensor([0.8, 0.0]) * scale, dim=0)[0]  # 0.69 at scale 1, 0.98 at scale 5
+    torch.testing.assert_close(share, expected, atol=0.03, rtol=0)
+
+
 def test_negative_sampler_names_a_row_without_negatives():
     with pytest.raises(ValueError, match="row 1 of the batch has no negative"):
         sample_hard_negatives(torch.zeros(2, 2), torch.tensor([[True, False], [True, True]]))

@@ -214,6 +214,23 @@ def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+
+def clip_groups(model: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]:
+    """The trainable parameters in the groups whose gradients are clipped together.
+
+    One group, except for a grounding head with detached towers (`grounding_config.detach_towers`): its losses reach
+    only its own weights and the contrastive loss never does, so it is clipped on its own. Clipped together, the
+    head's larger gradients would scale down the towers' at every step (the towers then train as if at a lower
+    learning rate: mean val R@1 91.6 / 92.3 instead of 94.2 / 94.0 on the main job's model).
+    """
+    head = getattr(model, "grounding_head", None)
+    config = getattr(getattr(model, "config", None), "grounding_config", None)
+    if head is None or config is None or not config.detach_towers:
+        return [trainable]
+    own = {id(p) for p in head.parameters()}
+    groups = [[p for p in trainable if id(p) not in own], [p for p in trainable if id(p) in own]]
+    return [group for group in groups if group]
+
 class Trainer:
     """Trains a dual encoder as a [`TrainingRecipe`] says.
 
@@ -397,7 +414,9 @@ class Trainer:
                 cached.backward()
             average_gradients(trainable, accelerator.num_processes)
             max_norm = self.recipe.optim.max_grad_norm
-            norm = accelerator.clip_grad_norm_(trainable, max_norm if max_norm is not None else math.inf)
+            max_norm = max_norm if max_norm is not None else math.inf
+            norms = [accelerator.clip_grad_norm_(group, max_norm) for group in clip_groups(self.unwrapped, trainable)]
+            norm = torch.stack([torch.as_tensor(n, dtype=torch.float32) for n in norms]).norm()
             if torch.isfinite(torch.as_tensor(norm)):
                 self.optimizer.step()
             else:
