@@ -245,3 +245,30 @@ def test_sharding_distributed_types_are_refused_at_start_naming_what_is_supporte
         make_trainer(tiny_recipe(tmp_path), tiny_tokenizer, make_records(8), accelerator=chosen)
     for supported in ("NO", "MULTI_CPU", "MULTI_GPU"):
         check_distributed_type(SimpleNamespace(distributed_type=DistributedType[supported]))
+
+
+def test_a_grounding_head_with_detached_towers_is_clipped_apart_from_them():
+    from seeyou_ml import SeeYouModel
+    from seeyou_ml.presets import tiny_config
+    from seeyou_ml.training.trainer import clip_groups
+
+    head = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    joint = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=head))
+    trainable = list(joint.parameters())
+    assert clip_groups(joint, trainable) == [trainable]
+
+    detached = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                       grounding_config=dict(head, detach_towers=True)))
+    trainable = [p for p in detached.parameters() if p is not detached.logit_scale]
+    towers, own = clip_groups(detached, trainable)
+    assert {id(p) for p in own} == {id(p) for p in detached.grounding_head.parameters()}
+    assert len(towers) + len(own) == len(trainable) and not any(p is detached.logit_scale for p in towers)
+    assert any(p is detached.text_projection.weight for p in towers)
+
+    # Clipped apart, the towers keep their gradient however large the head's is.
+    for p in trainable:
+        p.grad = torch.full_like(p, 100.0 if any(p is q for q in own) else 1e-3)
+    before = detached.text_projection.weight.grad.clone()
+    for group in clip_groups(detached, trainable):
+        torch.nn.utils.clip_grad_norm_(group, 1.0)
+    torch.testing.assert_close(detached.text_projection.weight.grad, before)
