@@ -321,17 +321,12 @@ def attention_mass(attention: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor
     Returns:
         (S, K) masses in [0, 1].
     """
+    from .losses import box_cell_coverage
+
     height, width = attention.shape[-2:]
-    boxes = boxes.to(attention.dtype).clamp(0.0, 1.0)
-
-    def coverage(low: torch.Tensor, high: torch.Tensor, cells: int) -> torch.Tensor:
-        """(K,) intervals -> (K, cells): the fraction of each cell's extent inside the interval."""
-        edges = torch.arange(cells + 1, dtype=attention.dtype, device=attention.device) / cells
-        inside = torch.minimum(high[:, None], edges[1:]) - torch.maximum(low[:, None], edges[:-1])
-        return inside.clamp(min=0.0) * cells
-
-    across, down = coverage(boxes[:, 0], boxes[:, 2], width), coverage(boxes[:, 1], boxes[:, 3], height)
-    return torch.einsum("shw,kh,kw->sk", attention, down, across)
+    boxes = boxes.to(device=attention.device, dtype=attention.dtype).clamp(0.0, 1.0)
+    coverage = box_cell_coverage(boxes, height, width)  # (K, H*W)
+    return attention.flatten(1) @ coverage.T  # (S, H*W) @ (H*W, K) -> (S, K)
 
 
 def _pipeline(task: str, model_or_pipeline: Any, argument: str, device: torch.device, **kwargs) -> Any:
