@@ -214,14 +214,13 @@ def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-
 def clip_groups(model: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]:
     """The trainable parameters in the groups whose gradients are clipped together.
 
     One group, except for a grounding head with detached towers (`grounding_config.detach_towers`): its losses reach
     only its own weights and the contrastive loss never does, so it is clipped on its own. Clipped together, the
     head's larger gradients would scale down the towers' at every step (the towers then train as if at a lower
-    learning rate: mean val R@1 91.6 / 92.3 instead of 94.2 / 94.0 on the main job's model).
+    learning rate: on the main job's model, mean val R@1 91.6 / 92.3 clipped together, 93.7 / 94.3 clipped apart).
     """
     head = getattr(model, "grounding_head", None)
     config = getattr(getattr(model, "config", None), "grounding_config", None)
@@ -230,6 +229,7 @@ def clip_groups(model: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> 
     own = {id(p) for p in head.parameters()}
     groups = [[p for p in trainable if id(p) not in own], [p for p in trainable if id(p) in own]]
     return [group for group in groups if group]
+
 
 class Trainer:
     """Trains a dual encoder as a [`TrainingRecipe`] says.
