@@ -273,7 +273,8 @@ def _ground_texts(
 ) -> tuple[GroundingResult, torch.Tensor]:
     """[`ground`] for text i in `images[image_index[i]]` (RGB PIL images), each image through the vision tower once;
     also returns the texts' (N, D) dual-encoder embeddings from the same text forward."""
-    from .processing import processed_frame
+    from .losses import box_cxcywh_to_xyxy
+    from .processing import boxes_from_processed, processed_frame
 
     device = next(model.parameters()).device
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
@@ -288,15 +289,10 @@ def _ground_texts(
     upsampled = F.interpolate(attention, size=(out_h, out_w), mode="bilinear", align_corners=False).flatten(1)
     peak = upsampled.argmax(dim=-1)  # (N,), index into the processed image's pixels
     boxes, points = [], []
+    corners = box_cxcywh_to_xyxy(out.pred_boxes.float().cpu())  # (N, 4) in [0, 1] of the processed image
     for i, image in enumerate(images[j] for j in image_index):
-        scale_x, scale_y, offset_x, offset_y, frame_w, frame_h = processed_frame(processor.image_processor, *image.size)
-        cx, cy, w, h = out.pred_boxes[i].float().cpu().tolist()
-        # (cx, cy, w, h) in [0, 1] of the processed image -> its pixels -> the original image's pixels.
-        corners = torch.tensor([(cx - w / 2) * frame_w, (cy - h / 2) * frame_h, (cx + w / 2) * frame_w,
-                                (cy + h / 2) * frame_h])
-        offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
-        scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
-        boxes.append((corners + offset) / scale)
+        boxes.append(boxes_from_processed(processor.image_processor, corners[i:i + 1], *image.size)[0])
+        scale_x, scale_y, offset_x, offset_y = processed_frame(processor.image_processor, *image.size)[:4]
         row, col = divmod(int(peak[i]), out_w)
         points.append(torch.tensor([(col + 0.5 + offset_x) / scale_x, (row + 0.5 + offset_y) / scale_y]))
     result = GroundingResult(
@@ -462,7 +458,7 @@ def resolve_reference(
     ```
     """
     from .images import load_image
-    from .processing import boxes_to_processed, processed_frame
+    from .processing import boxes_to_processed
 
     _require_head(model)
     if not 0.0 <= attention_weight <= 1.0:
@@ -475,10 +471,7 @@ def resolve_reference(
     own = boxes.shape[0] == 0  # no detector, or it found nothing: each span's own box
     if own:
         boxes = found.boxes
-    frame_w, frame_h = processed_frame(processor.image_processor, *picture.size)[4:]
-    unit = boxes_to_processed(processor.image_processor, boxes, *picture.size) / torch.tensor(
-        [frame_w, frame_h, frame_w, frame_h]
-    )  # (K, 4) in [0, 1] of the processed image
+    unit = boxes_to_processed(processor.image_processor, boxes, *picture.size, normalized=True)  # (K, 4) in [0, 1]
     mass = attention_mass(found.attention, unit)  # (S, K)
     similarity = (1 + span_embeds @ _crop_embeddings(model, processor, picture, boxes).T) / 2  # (S, K)
     scores = attention_weight * mass + (1 - attention_weight) * similarity

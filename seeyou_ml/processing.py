@@ -123,23 +123,38 @@ def processed_frame(image_processor: Any, width: int, height: int) -> tuple[floa
     return new_w / width, new_h / height, offset_x, offset_y, out_w, out_h
 
 
-def boxes_to_processed(image_processor: Any, boxes: Any, width: int, height: int) -> torch.Tensor:
+def _frame_tensors(image_processor: Any, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[`processed_frame`] as `(scale, offset, size)`, each repeated over `(x0, y0, x1, y1)`."""
+    scale_x, scale_y, offset_x, offset_y, out_w, out_h = processed_frame(image_processor, width, height)
+    return (torch.tensor([scale_x, scale_y, scale_x, scale_y]), torch.tensor([offset_x, offset_y, offset_x, offset_y]),
+            torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32))
+
+
+def boxes_to_processed(
+    image_processor: Any, boxes: Any, width: int, height: int, normalized: bool = False
+) -> torch.Tensor:
     """Boxes of an input image in the processed image's pixels (see [`processed_frame`]), clipped to its frame.
 
     Args:
         image_processor: A transformers image processor.
         boxes: (n, 4) `(x0, y0, x1, y1)` in the input image's pixels (anything `torch.as_tensor` takes; None = none).
         width (`int`), height (`int`): Size of the input image.
+        normalized (`bool`, *optional*, defaults to `False`): Return them in [0, 1] of the processed image instead.
 
     Returns:
-        `torch.FloatTensor` of shape `(n, 4)`: the boxes in the processed image's pixels.
+        `torch.FloatTensor` of shape `(n, 4)`: the boxes in the processed image's pixels (or in [0, 1] of it).
     """
     boxes = torch.as_tensor(boxes if boxes is not None else [], dtype=torch.float32).reshape(-1, 4)  # (n, 4)
-    scale_x, scale_y, offset_x, offset_y, out_w, out_h = processed_frame(image_processor, width, height)
-    scale = torch.tensor([scale_x, scale_y, scale_x, scale_y])
-    offset = torch.tensor([offset_x, offset_y, offset_x, offset_y])
-    limit = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
-    return torch.minimum((boxes * scale - offset).clamp(min=0.0), limit)
+    scale, offset, size = _frame_tensors(image_processor, width, height)
+    processed = torch.minimum((boxes * scale - offset).clamp(min=0.0), size)
+    return processed / size if normalized else processed
+
+
+def boxes_from_processed(image_processor: Any, boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The inverse of [`boxes_to_processed`] with `normalized=True`, unclipped: (n, 4) `(x0, y0, x1, y1)` in [0, 1]
+    of the processed image -> the input image's pixels (a box may reach past the part a centre crop kept)."""
+    scale, offset, size = _frame_tensors(image_processor, width, height)
+    return (boxes.float().cpu() * size + offset) / scale
 
 
 class SeeYouProcessor(ProcessorMixin):
@@ -236,4 +251,4 @@ class SeeYouProcessor(ProcessorMixin):
 # Saved folders carry this file and an `auto_map` entry, so `AutoProcessor` loads them through remote code.
 SeeYouProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["SeeYouProcessor", "boxes_to_processed", "processed_frame", "to_rgb"]
+__all__ = ["SeeYouProcessor", "boxes_from_processed", "boxes_to_processed", "processed_frame", "to_rgb"]

@@ -104,3 +104,19 @@ def test_sixteen_bit_images_are_scaled_to_eight_bits_not_clipped(tiny_tokenizer,
     assert to_rgb(samples)[0].tolist() == [[0] * 3, [64] * 3, [128] * 3, [255] * 3]
     mid_grey = Image.fromarray(np.full((40, 40), 257 * 128, dtype=np.uint16))
     torch.testing.assert_close(_pixels(processor, mid_grey), _pixels(processor, Image.new("RGB", (40, 40), (128,) * 3)))
+
+
+def test_boxes_map_to_the_processed_frame_and_back():
+    from transformers import CLIPImageProcessor
+
+    from seeyou_ml.processing import boxes_from_processed, boxes_to_processed
+
+    # Shortest edge to 32, then a 32 x 32 centre crop: a 64 x 48 image becomes 42 x 32 with 5 px cut on the left.
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    boxes = torch.tensor([[20.0, 10.0, 40.0, 30.0], [30.0, 0.0, 50.0, 48.0]])
+    pixels = boxes_to_processed(image_processor, boxes, 64, 48)
+    unit = boxes_to_processed(image_processor, boxes, 64, 48, normalized=True)
+    torch.testing.assert_close(unit, pixels / 32)
+    scale = torch.tensor([42 / 64, 32 / 48, 42 / 64, 32 / 48])
+    torch.testing.assert_close(pixels[0], boxes[0] * scale - torch.tensor([5.0, 0.0, 5.0, 0.0]))
+    torch.testing.assert_close(boxes_from_processed(image_processor, unit, 64, 48), boxes)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..images import load_image
+from ..losses import box_xyxy_to_cxcywh
 from ..processing import boxes_to_processed, processed_frame
 from .augment_image import MixUp
 from .augment_text import TextAugment
@@ -118,9 +119,6 @@ class SeeYouCollator:
                 f"{list(_REQUIRED_KEYS)} (load corpora with load_corpus to get the common schema)."
             )
 
-    def _scaled_boxes(self, boxes: Any, width: int, height: int) -> torch.Tensor:
-        return boxes_to_processed(self.processor.image_processor, boxes, width, height)
-
     def _phrase(self, index: int, record: Mapping[str, Any], size: tuple[int, int]) -> tuple[str, torch.Tensor]:
         """The record's referring expression and its first box as `(cx, cy, w, h)` in [0, 1] of the processed image."""
         phrase, boxes = record.get("phrase"), record.get("boxes")
@@ -129,9 +127,8 @@ class SeeYouCollator:
                 f"record {index} of the batch (image_id {record.get('image_id')!r}) has no referring expression "
                 "(`phrase` and `boxes`); return_phrases needs both in every record (the scenes corpus has them)."
             )
-        out_w, out_h = processed_frame(self.processor.image_processor, *size)[4:]
-        x0, y0, x1, y1 = (self._scaled_boxes(boxes[:1], *size)[0] / torch.tensor([out_w, out_h, out_w, out_h])).tolist()
-        return phrase, torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+        box = boxes_to_processed(self.processor.image_processor, boxes[:1], *size, normalized=True)[0]
+        return phrase, box_xyxy_to_cxcywh(box)
 
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Collates records.
@@ -161,7 +158,7 @@ class SeeYouCollator:
                 if self.image_augment is not None:
                     image = self.image_augment(image)
             if self.return_boxes:
-                boxes.append(self._scaled_boxes(record.get("boxes"), *size))
+                boxes.append(boxes_to_processed(self.processor.image_processor, record.get("boxes"), *size))
             if self.return_phrases:
                 phrase, box = self._phrase(index, record, size)
                 phrases.append(phrase)

@@ -417,7 +417,7 @@ class Trainer:
             max_norm = max_norm if max_norm is not None else math.inf
             norms = [accelerator.clip_grad_norm_(group, max_norm) for group in clip_groups(self.unwrapped, trainable)]
             norm = torch.stack([torch.as_tensor(n, dtype=torch.float32) for n in norms]).norm()
-            if torch.isfinite(torch.as_tensor(norm)):
+            if torch.isfinite(norm):
                 self.optimizer.step()
             else:
                 warnings.warn(f"Step {self.step}: gradient norm is {float(norm)}; skipping the optimizer update.",
