@@ -108,6 +108,17 @@ def test_cache_images_processes_each_image_once_with_the_same_pixels(processor, 
         SeeYouCollator(processor, image_augment=RandAugment(), cache_images=True)
 
 
+def test_cached_channels_last_batches_have_the_layout_and_pixels_of_converted_ones(processor):
+    rows = [{"image": box_image((40, 30), [5 * i, 4, 5 * i + 10, 20]), "caption": CAPTIONS[i], "lang": "en",
+             "image_id": str(i)} for i in range(3)]
+    plain = SeeYouCollator(processor, channels_last=True)(rows)["pixel_values"]
+    cached = SeeYouCollator(processor, channels_last=True, cache_images=True)
+    first, again = cached(rows[:2])["pixel_values"], cached(rows[::-1])["pixel_values"]
+    for got, want in ((first, plain[:2]), (again, plain[[2, 1, 0]])):
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+        assert torch.equal(got, want)
+
+
 def box_image(size, box) -> Image.Image:
     image = Image.new("RGB", size, (0, 0, 0))
     ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255))

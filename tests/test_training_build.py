@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from seeyou_ml.training.build import build_collator, build_model_and_processor, encoded_images
+from seeyou_ml.training.build import build_collator, build_model_and_processor, encoded_images, only_columns
 from seeyou_ml.training.config import DataConfig, HardNegativesConfig, ModelConfig
 
 from training_fixtures import make_records
@@ -92,6 +92,22 @@ def test_encoded_images_hand_out_files_the_caching_collator_decodes_once(tiny_to
     plain = build_collator(DataConfig(batch_size=4), processor)([dataset[i] for i in range(4)])
     batch = collator([encoded[i] for i in range(4)])
     torch.testing.assert_close(batch["pixel_values"], plain["pixel_values"])
+
+
+def test_the_loader_reads_only_the_columns_the_collator_uses(tiny_tokenizer):
+    rows = [dict(record, colours=["red"], held_out=False) for record in make_records(4, languages=("en",))]
+    dataset = datasets.Dataset.from_list(rows)
+    _, processor = build_model_and_processor(ModelConfig(preset_kwargs=PRESET), tiny_tokenizer)
+    collator = build_collator(DataConfig(batch_size=4), processor)
+    assert collator.columns == ["image", "caption", "lang", "image_id"]
+    assert build_collator(DataConfig(batch_size=4, return_phrases=True), processor).columns == [
+        "image", "caption", "lang", "image_id", "boxes", "phrase"]
+    narrow = only_columns(dataset, collator.columns)
+    assert narrow.column_names == ["image", "caption", "lang", "image_id"]
+    assert narrow[2]["caption"] == rows[2]["caption"]
+    torch.testing.assert_close(collator([narrow[i] for i in range(4)])["pixel_values"],
+                               collator([dataset[i] for i in range(4)])["pixel_values"])
+    assert only_columns(narrow, collator.columns) is narrow and only_columns(rows, collator.columns) is rows
 
 
 def test_back_translation_is_switched_on_from_the_recipe(tiny_tokenizer):

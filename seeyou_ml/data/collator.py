@@ -111,6 +111,16 @@ class SeeYouCollator:
         # image_id -> (processed pixels (3, H, W), input size (width, height))
         self._cache: dict[str, tuple[torch.Tensor, tuple[int, int]]] = {}
 
+    @property
+    def columns(self) -> list[str]:
+        """The record keys this collator reads; a loader may hand out only these (see `select_columns`)."""
+        columns = list(_REQUIRED_KEYS)
+        if self.return_boxes or self.return_phrases:
+            columns.append("boxes")
+        if self.return_phrases:
+            columns.append("phrase")
+        return columns
+
     def _check(self, index: int, record: Mapping[str, Any]) -> None:
         missing = [key for key in _REQUIRED_KEYS if key not in record]
         if missing:
@@ -212,8 +222,12 @@ class SeeYouCollator:
         if not self.cache_images:
             return processed
         for row, i in enumerate(loaded):
-            self._cache[image_ids[i]] = (processed[row].clone(), sizes[i])
-        return torch.stack([self._cache[image_id][0] for image_id in image_ids])
+            # Channels-last batches are kept as (H, W, 3): their stack is the batch's memory layout, without the
+            # transposing copy that converting a (B, 3, H, W) stack costs.
+            pixels = processed[row].permute(1, 2, 0) if self.channels_last else processed[row]
+            self._cache[image_ids[i]] = (pixels.clone(memory_format=torch.contiguous_format), sizes[i])
+        stacked = torch.stack([self._cache[image_id][0] for image_id in image_ids])
+        return stacked.permute(0, 3, 1, 2) if self.channels_last else stacked
 
     def __repr__(self) -> str:
         return (

@@ -204,17 +204,30 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
     if getattr(model, "grounding_head", None) is not None:
         provided.add("grounding_head")
     check_loss_terms(recipe.losses, sub_batching=False, provided=provided)
+    collator = build_collator(recipe.data, processor, channels_last=recipe.model.channels_last, train=train)
+    train_dataset = encoded_images(train) if recipe.data.cache_images else train
     return Trainer(
         recipe,
         model=model,
         processor=processor,
-        train_dataset=encoded_images(train) if recipe.data.cache_images else train,
-        collate_fn=build_collator(recipe.data, processor, channels_last=recipe.model.channels_last, train=train),
+        train_dataset=only_columns(train_dataset, collator.columns),
+        collate_fn=collator,
         batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
         eval_dataset=evaluation,
         evaluate_fn=build_evaluate_fn(recipe.data, evaluation) if evaluation is not None else None,
         accelerator=accelerator,
     )
+
+
+def only_columns(dataset: Any, columns: list[str]) -> Any:
+    """`dataset` without the columns a collator does not read: a batch of rows is then formatted from those alone
+    (the scenes corpus's object lists cost more to format than the captions and images a step uses). Datasets
+    without named columns (a list of records) are returned as they are."""
+    names = getattr(dataset, "column_names", None)
+    if not names or not hasattr(dataset, "select_columns"):
+        return dataset
+    kept = [name for name in names if name in columns]
+    return dataset if len(kept) == len(names) else dataset.select_columns(kept)
 
 
 def encoded_images(dataset: Any) -> Any:
@@ -261,6 +274,7 @@ __all__ = [
     "build_trainer",
     "corpus_tokenizer",
     "encoded_images",
+    "only_columns",
     "evaluate_scenes",
     "load_split",
     "row_features",
