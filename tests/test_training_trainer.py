@@ -272,3 +272,49 @@ def test_a_grounding_head_with_detached_towers_is_clipped_apart_from_them():
     for group in clip_groups(detached, trainable):
         torch.nn.utils.clip_grad_norm_(group, 1.0)
     torch.testing.assert_close(detached.text_projection.weight.grad, before)
+
+
+def test_background_batches_yield_in_order_raise_the_producers_error_and_stop_with_the_consumer():
+    import threading
+
+    from seeyou_ml.training.trainer import background_batches
+
+    assert list(background_batches(iter(range(7)))) == list(range(7))
+
+    def failing():
+        yield 1
+        raise RuntimeError("collate failed on record 3")
+
+    batches = background_batches(failing())
+    assert next(batches) == 1
+    with pytest.raises(RuntimeError, match="collate failed on record 3"):
+        next(batches)
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    batches = background_batches(endless())
+    assert [next(batches) for _ in range(3)] == [0, 1, 2]
+    batches.close()
+    assert not any(t.name == "seeyou-collate" for t in threading.enumerate())
+    assert len(produced) <= 5  # at most the slot and the one in hand ahead of the consumer
+
+
+def test_collating_in_the_background_only_without_random_draws_and_with_the_same_losses(tmp_path, tiny_tokenizer):
+    from seeyou_ml.data.augment_text import SynonymReplacement
+    from seeyou_ml.data.collator import SeeYouCollator
+
+    records = make_records(24)
+    background = make_trainer(tiny_recipe(tmp_path / "bg"), tiny_tokenizer, records)
+    in_step = make_trainer(tiny_recipe(tmp_path / "fg", data={"background_collate": False}), tiny_tokenizer, records)
+    assert background.background_collate and not in_step.background_collate
+    assert background.train().losses == in_step.train().losses
+
+    augmenting = SeeYouCollator(background.processor, text_augment=SynonymReplacement({"en": {"red": ["crimson"]}}))
+    assert augmenting.draws_random and not SeeYouCollator(background.processor).draws_random
+    assert not make_trainer(tiny_recipe(tmp_path / "aug"), tiny_tokenizer, records,
+                            collate_fn=augmenting).background_collate

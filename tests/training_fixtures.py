@@ -87,7 +87,7 @@ def make_trainer(recipe: TrainingRecipe, tokenizer, records: list[dict], model: 
         model=model,
         processor=processor,
         train_dataset=records,
-        collate_fn=SeeYouCollator(processor),
+        collate_fn=kwargs.pop("collate_fn", None) or SeeYouCollator(processor),
         batch_sampler=batch_sampler,
         accelerator=kwargs.pop("accelerator", None) or make_accelerator(recipe),
         **kwargs,

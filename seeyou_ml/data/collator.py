@@ -112,6 +112,11 @@ class SeeYouCollator:
         self._cache: dict[str, tuple[torch.Tensor, tuple[int, int]]] = {}
 
     @property
+    def draws_random(self) -> bool:
+        """Whether collating draws random numbers (from the global torch RNG): with any augmentation."""
+        return any(a is not None for a in (self.image_augment, self.text_augment, self.mixup))
+
+    @property
     def columns(self) -> list[str]:
         """The record keys this collator reads; a loader may hand out only these (see `select_columns`)."""
         columns = list(_REQUIRED_KEYS)

@@ -101,6 +101,12 @@ class DataConfig:
                              "help": "DataLoader worker processes (augmentations are seeded per batch, so resumed "
                                      "runs stay exact with workers too)."}
     )
+    background_collate: bool = field(
+        default=True,
+        metadata={"help": "With num_workers 0 in a one-process run, collate the next batch in a background thread "
+                          "while the model steps. Only for collators that draw no random numbers (no augmentations): "
+                          "augmenting ones draw from the global RNG, which the step shares, and collate in turn."},
+    )
     cache_images: bool = field(
         default=False,
         metadata={"help": "Keep every training image's processed pixels in memory (4 * 3 * H * W bytes per image in "

@@ -22,12 +22,14 @@ import hashlib
 import json
 import logging
 import math
+import queue
 import random
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -110,7 +112,15 @@ class SeededCollate:
         self.seed = seed
         self.epoch = 0
 
+    @property
+    def draws_random(self) -> bool:
+        """Whether the collate function draws random numbers; those that say they do not (`draws_random = False`,
+        as [`SeeYouCollator`] without augmentations) run as they are, without touching the global RNG."""
+        return getattr(self.collate_fn, "draws_random", True)
+
     def __call__(self, records: list) -> Any:
+        if not self.draws_random:
+            return self.collate_fn(records)
         digest = hashlib.blake2b(repr((self.seed, self.epoch)).encode(), digest_size=8)
         for record in records:
             if isinstance(record, Mapping):
@@ -118,6 +128,49 @@ class SeededCollate:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
             return self.collate_fn(records)
+
+
+def background_batches(batches: Iterable[Any]) -> Iterator[Any]:
+    """Yields the items of `batches`, each produced in a background thread while the previous one is in use.
+
+    Collating (tokenising, stacking images) then overlaps the training step, whose kernels release the GIL. The
+    thread stops when the consumer does (end, `break` or an exception), and an error in it is raised in the consumer.
+    """
+    slot: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # handed to the consumer, which raises it
+            put((end, error))
+
+    thread = threading.Thread(target=produce, name="seeyou-collate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = slot.get()
+            if batch is end:
+                if error is not None:
+                    raise error
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager
@@ -304,6 +357,10 @@ class Trainer:
         scheduler = build_schedule(optimizer, recipe.optim, recipe.stages)
         self.batch_sampler = batch_sampler
         self.collate = SeededCollate(collate_fn, recipe.seed)
+        # One batch collated ahead in a thread: safe where collating draws no random numbers and no process group
+        # runs collectives from two threads (see data.background_collate).
+        self.background_collate = (recipe.data.background_collate and recipe.data.num_workers == 0
+                                   and processes == 1 and not self.collate.draws_random)
         loader = DataLoader(
             train_dataset,
             batch_sampler=batch_sampler,
@@ -496,7 +553,7 @@ class Trainer:
             # Accelerate's loaders set their own iteration count as the sampler's epoch when iterated; align it.
             loader.set_epoch(self.epoch)
             self.batch_sampler.set_epoch(self.epoch)
-            for batch in loader:
+            for batch in background_batches(loader) if self.background_collate else loader:
                 result = self.optimizer_step(batch)
                 self.batch_in_epoch += 1
                 if self.stages.current != stage:
@@ -652,6 +709,7 @@ __all__ = [
     "TrainOutput",
     "Trainer",
     "average_gradients",
+    "background_batches",
     "check_distributed_type",
     "make_accelerator",
     "preserved_rng",
