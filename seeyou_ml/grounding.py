@@ -274,7 +274,7 @@ def _ground_texts(
     """[`ground`] for text i in `images[image_index[i]]` (RGB PIL images), each image through the vision tower once;
     also returns the texts' (N, D) dual-encoder embeddings from the same text forward."""
     from .losses import box_cxcywh_to_xyxy
-    from .processing import boxes_from_processed, processed_frame
+    from .processing import boxes_from_processed
 
     device = next(model.parameters()).device
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
@@ -288,13 +288,16 @@ def _ground_texts(
     out_h, out_w = pixel_values.shape[-2:]
     upsampled = F.interpolate(attention, size=(out_h, out_w), mode="bilinear", align_corners=False).flatten(1)
     peak = upsampled.argmax(dim=-1)  # (N,), index into the processed image's pixels
-    boxes, points = [], []
     corners = box_cxcywh_to_xyxy(out.pred_boxes.float().cpu())  # (N, 4) in [0, 1] of the processed image
+    peak = peak.cpu()
+    centres = torch.stack([(peak % out_w + 0.5) / out_w, (peak // out_w + 0.5) / out_h], dim=-1)  # (N, 2) in [0, 1]
+    boxes, points = [], []
     for i, image in enumerate(images[j] for j in image_index):
-        boxes.append(boxes_from_processed(processor.image_processor, corners[i:i + 1], *image.size)[0])
-        scale_x, scale_y, offset_x, offset_y = processed_frame(processor.image_processor, *image.size)[:4]
-        row, col = divmod(int(peak[i]), out_w)
-        points.append(torch.tensor([(col + 0.5 + offset_x) / scale_x, (row + 0.5 + offset_y) / scale_y]))
+        # The box and the peak (as a point box) go back to the original image's pixels by one mapping.
+        mapped = boxes_from_processed(processor.image_processor, torch.stack([corners[i], centres[i].repeat(2)]),
+                                      *image.size)
+        boxes.append(mapped[0])
+        points.append(mapped[1, :2])
     result = GroundingResult(
         boxes=torch.stack(boxes),
         scores=torch.sigmoid(out.itm_logits.float()).cpu(),

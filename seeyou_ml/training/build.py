@@ -274,8 +274,8 @@ __all__ = [
     "build_trainer",
     "corpus_tokenizer",
     "encoded_images",
-    "only_columns",
     "evaluate_scenes",
     "load_split",
+    "only_columns",
     "row_features",
 ]
