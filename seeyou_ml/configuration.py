@@ -117,6 +117,11 @@ class SeeYouConfig(PreTrainedConfig):
             The temperature's inverse is clamped to this value when used, so logits stay bounded.
         grounding_config (`dict` or [`SeeYouGroundingConfig`], *optional*):
             Settings of the phrase-grounding cross-attention head; `None` builds no head.
+        text_length_groups (`int`, *optional*, defaults to 1):
+            Captions of a batch are sorted by length and run through the text tower in this many groups, each padded
+            only to its own longest caption: a batch of captions of mixed lengths spends less work on padding. The
+            outputs are the same up to float rounding (except at padding positions of `last_hidden_state`). 1 runs
+            the batch in one pass.
         adapter_languages (`list[str]`, *optional*):
             Languages (ISO 639-1) with a LoRA adapter on the text tower, saved under `adapters/<lang>/` beside the
             weights and restored by `from_pretrained`; kept up to date by `seeyou_ml.adapters`. `None`: no adapters.
@@ -157,6 +162,7 @@ class SeeYouConfig(PreTrainedConfig):
     max_logit_scale: float = 100.0
     grounding_config: SeeYouGroundingConfig | dict | None = None
     initializer_range: float = 0.02
+    text_length_groups: int = 1
     adapter_languages: list[str] | None = None
 
     def __post_init__(self, **kwargs):
@@ -165,6 +171,8 @@ class SeeYouConfig(PreTrainedConfig):
             raise ValueError(f"text_pooling={self.text_pooling!r} is not one of {TEXT_POOLINGS}.")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection={self.projection!r} is not one of {PROJECTIONS}.")
+        if self.text_length_groups < 1:
+            raise ValueError(f"text_length_groups must be >= 1 (1 runs a batch in one pass), got {self.text_length_groups}.")
         if self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive, got {self.projection_dim}.")
         if self.max_logit_scale < math.exp(self.logit_scale_init_value):

@@ -23,7 +23,7 @@ from .adapters import ADAPTERS_FOLDER, base_state_dict, language_adapters, langu
 from .configuration import SeeYouConfig
 from .grounding import GroundingHead
 from .losses import contrastive_loss, image_ids_to_tensor
-from .towers import build_tower, encode_image, encode_text, load_tower, vision_width
+from .towers import build_tower, encode_image, encode_text, length_groups, load_tower, vision_width
 
 
 @dataclass
@@ -256,10 +256,39 @@ class SeeYouModel(SeeYouPreTrainedModel):
             `BaseModelOutputWithPooling` whose `pooler_output` holds the projected, L2-normalised (B, D) embeddings
             and `last_hidden_state` the (B, T, H) token states.
         """
-        with language_routing(self, lang, input_ids.shape[0]):
-            pooled, outputs = encode_text(self.text_model, input_ids, attention_mask, self.config.text_pooling)
+        groups = None
+        if attention_mask is not None:
+            groups = length_groups(attention_mask, self.config.text_length_groups)
+        if groups is None:
+            with language_routing(self, lang, input_ids.shape[0]):
+                pooled, outputs = encode_text(self.text_model, input_ids, attention_mask, self.config.text_pooling)
+            states = outputs.last_hidden_state
+        else:
+            pooled, states = self._encode_text_groups(input_ids, attention_mask, lang, groups)
         embeds = F.normalize(self.text_projection(pooled), dim=-1)  # (B, D)
-        return BaseModelOutputWithPooling(last_hidden_state=outputs.last_hidden_state, pooler_output=embeds)
+        return BaseModelOutputWithPooling(last_hidden_state=states, pooler_output=embeds)
+
+    def _encode_text_groups(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lang: str | list[str] | None,
+        groups: list[tuple[torch.Tensor, int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text tower run once per length group (`config.text_length_groups`); returns the pooled (B, H) vectors
+        and the (B, T, H) token states in the batch's order (zeros past a group's longest caption)."""
+        width = input_ids.shape[1]
+        pooled, states = [], []
+        for rows, length in groups:
+            group_lang = [lang[i] for i in rows.tolist()] if isinstance(lang, (list, tuple)) else lang
+            with language_routing(self, group_lang, rows.numel()):
+                group_pooled, outputs = encode_text(
+                    self.text_model, input_ids[rows, :length], attention_mask[rows, :length], self.config.text_pooling
+                )
+            pooled.append(group_pooled)
+            states.append(F.pad(outputs.last_hidden_state, (0, 0, 0, width - length)))
+        inverse = torch.argsort(torch.cat([rows for rows, _ in groups]))
+        return torch.cat(pooled)[inverse], torch.cat(states)[inverse]
 
     def forward(
         self,

@@ -183,6 +183,24 @@ def text_position_limit(text_model: nn.Module) -> int | None:
     return positions.num_embeddings - (padding_idx + 1 if padding_idx is not None else 0)
 
 
+def length_groups(attention_mask: torch.Tensor, groups: int) -> list[tuple[torch.Tensor, int]] | None:
+    """Splits a right-padded batch into `groups` runs of rows sorted by length, each with its own longest length.
+
+    Returns:
+        `[(rows, length)]` with `rows` a (b,) index tensor, or None where grouping saves nothing: one group, no
+        padding, fewer rows than groups, or a mask that is not right-padded (its padding cannot be cut off the end).
+    """
+    rows, width = attention_mask.shape
+    if groups <= 1 or rows < groups:
+        return None
+    lengths = attention_mask.sum(dim=1)  # (B,)
+    positions = torch.arange(width, device=attention_mask.device)
+    if int(lengths.min()) == width or not torch.equal(attention_mask.bool(), positions < lengths[:, None]):
+        return None
+    order = torch.argsort(lengths, stable=True)
+    return [(chunk, int(lengths[chunk[-1]])) for chunk in order.chunk(groups)]
+
+
 def encode_text(
     text_model: PreTrainedModel,
     input_ids: torch.Tensor,

@@ -254,3 +254,16 @@ def test_forward_routes_lang_like_get_text_features():
         out = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, lang=lang)
         torch.testing.assert_close(out.text_embeds, embed(model, input_ids, mask, lang), rtol=0, atol=0)
     assert BASE_ADAPTER == "__base__"
+
+
+def test_length_groups_route_each_row_through_its_own_adapter():
+    model = with_adapters()
+    input_ids, mask = text_inputs(rows=14)
+    mask[3, -6:] = 0
+    mask[8, -4:] = 0
+    lang = ["es", "zh", "fr", "id", "ja", None, "ru", "tr", "es", "ja", "zh", "ru", "id", "tr"]
+    with torch.no_grad():
+        plain = embed(model, input_ids, mask, lang=lang)
+        model.config.text_length_groups = 3
+        grouped = embed(model, input_ids, mask, lang=lang)
+    torch.testing.assert_close(grouped, plain, rtol=0, atol=1e-5)

@@ -261,3 +261,61 @@ def test_mlp_projection_and_tiny_preset():
     ids = torch.tensor([[0, 5, 6, 2]])
     assert model.get_text_features(ids).pooler_output.shape == (1, 8)
     assert isinstance(model.text_projection, torch.nn.Sequential)
+
+
+def varied_lengths(rows=10, seq=12, vocab=99, seed=3):
+    """Right-padded captions of lengths 3..seq, shuffled."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, vocab, (rows, seq), generator=generator)
+    input_ids[:, 0] = 0
+    lengths = torch.linspace(3, seq, rows).round().long()[torch.randperm(rows, generator=generator)]
+    attention_mask = (torch.arange(seq) < lengths[:, None]).long()
+    return input_ids.masked_fill(attention_mask == 0, 1), attention_mask, lengths
+
+
+def test_length_groups_sort_rows_and_cut_each_group_at_its_longest():
+    from seeyou_ml.towers import length_groups
+
+    _, mask, lengths = varied_lengths()
+    groups = length_groups(mask, 3)
+    rows = torch.cat([r for r, _ in groups])
+    assert sorted(rows.tolist()) == list(range(10))
+    assert torch.equal(lengths[rows], lengths.sort().values)
+    assert [n for _, n in groups] == [int(lengths[r].max()) for r, _ in groups]
+    assert [len(r) for r, _ in groups] == [4, 4, 2]
+    # Nothing to gain: one group, no padding, fewer rows than groups; left padding cannot be cut off the end.
+    assert length_groups(mask, 1) is None
+    assert length_groups(torch.ones(4, 6, dtype=torch.long), 2) is None
+    assert length_groups(mask[:2], 3) is None
+    assert length_groups(mask.flip(1), 2) is None
+
+
+@pytest.mark.parametrize("text", [XLMRobertaConfig(**XLMR), BertConfig(**BERT)], ids=["xlmr", "bert"])
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_text_length_groups_give_the_same_embeddings_states_and_gradients(text, pooling):
+    input_ids, mask, _ = varied_lengths()
+
+    def run(groups):
+        torch.manual_seed(0)
+        config = SeeYouConfig(vision_config=ResNetConfig(**RESNET), text_config=text, projection_dim=8,
+                              text_pooling=pooling, text_length_groups=groups)
+        model = SeeYouModel(config).train()
+        out = model.get_text_features(input_ids, mask)
+        (out.pooler_output.square().sum() + (out.last_hidden_state * mask[..., None]).sum()).backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    plain, plain_grads = run(1)
+    grouped, grouped_grads = run(4)
+    torch.testing.assert_close(grouped.pooler_output, plain.pooler_output, atol=1e-6, rtol=1e-5)
+    keep = mask.bool()
+    torch.testing.assert_close(grouped.last_hidden_state[keep], plain.last_hidden_state[keep], atol=1e-5, rtol=1e-5)
+    assert grouped.last_hidden_state.shape == plain.last_hidden_state.shape
+    assert grouped_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(grouped_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_text_length_groups_must_be_positive():
+    with pytest.raises(ValueError, match="text_length_groups must be >= 1"):
+        SeeYouConfig(text_length_groups=0)
