@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import datasets
@@ -117,6 +118,34 @@ def test_cached_channels_last_batches_have_the_layout_and_pixels_of_converted_on
     for got, want in ((first, plain[:2]), (again, plain[[2, 1, 0]])):
         assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("max_length", [None, 6])
+def test_cache_text_gives_the_processors_batches_and_tokenises_each_text_once(tiny_tokenizer, padding_side,
+                                                                              max_length):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.padding_side = padding_side
+    processor = tiny_processor(tokenizer, image_size=32)
+    rows = records(6, boxes=[[0, 0, 20, 15]])
+    for i, row in enumerate(rows):
+        row["phrase"] = ["the red circle", "a blue star", "une étoile rouge"][i % 3]
+    plain = SeeYouCollator(processor, max_length=max_length, return_phrases=True)
+    cached = SeeYouCollator(processor, max_length=max_length, return_phrases=True, cache_text=True)
+    keys = ("input_ids", "attention_mask", "phrase_input_ids", "phrase_attention_mask")
+    seen = []
+    for batch in (rows[:2], rows[1:], rows[::-1]):
+        want, got = plain(batch), cached(batch)
+        for key in keys:
+            assert torch.equal(got[key], want[key]), key
+        seen.append(got)
+    # Every text is known after the second batch: the third is padded from the cache without the tokenizer.
+    tokenizer.__class__ = type("Refusing", (type(tokenizer),), {"__call__": lambda *a, **k: pytest.fail("tokenised")})
+    again = cached(rows[::-1])
+    for key in keys:
+        assert torch.equal(again[key], seen[-1][key]), key
+    with pytest.raises(ValueError, match="cache_text=True with text_augment"):
+        SeeYouCollator(processor, text_augment=lambda caption, lang, **kwargs: (caption, lang), cache_text=True)
 
 
 def box_image(size, box) -> Image.Image:

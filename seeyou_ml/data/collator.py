@@ -7,6 +7,7 @@ normalise) and, when asked, maps boxes into the processed image's pixel frame an
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,10 @@ class SeeYouCollator:
             `image_id`, and reuse them when a caption of the same image comes again (a corpus with ten captions per
             image then loads and processes each image once instead of ten times). Holds `4 * 3 * H * W` bytes per
             image in each process that collates; not with `image_augment`, which draws new pixels every time.
+        cache_text (`bool`, *optional*, defaults to `False`): Keep every caption's (and referring expression's) token
+            ids, keyed by the text, and only pad them when the text comes again; the batch is the processor's. Holds
+            the ids of every distinct text in each process that collates; not with `text_augment`, whose captions
+            are new every time.
 
     Example:
 
@@ -85,7 +90,13 @@ class SeeYouCollator:
         channels_last: bool = False,
         cache_images: bool = False,
         return_phrases: bool = False,
+        cache_text: bool = False,
     ):
+        if cache_text and text_augment is not None:
+            raise ValueError(
+                f"cache_text=True with text_augment={text_augment!r}: every augmented caption would stay in the cache; "
+                "drop one of them."
+            )
         if cache_images and image_augment is not None:
             raise ValueError(
                 f"cache_images=True with image_augment={image_augment!r}: cached pixels would repeat one augmented "
@@ -108,8 +119,11 @@ class SeeYouCollator:
         self.return_phrases = return_phrases
         self.channels_last = channels_last
         self.cache_images = cache_images
+        self.cache_text = cache_text
         # image_id -> (processed pixels (3, H, W), input size (width, height))
         self._cache: dict[str, tuple[torch.Tensor, tuple[int, int]]] = {}
+        # text -> token ids (special tokens included, truncated as the processor would)
+        self._token_cache: dict[str, list[int]] = {}
 
     @property
     def draws_random(self) -> bool:
@@ -183,12 +197,10 @@ class SeeYouCollator:
             captions.append(caption)
             langs.append(lang)
             image_ids.append(image_id)
-        encoded = self.processor(
-            text=captions, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
-        )
+        input_ids, attention_mask = self._encode_texts(captions)
         batch: dict[str, Any] = {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "pixel_values": self._pixel_values(images, sizes, image_ids),
             "lang": langs,
             "image_id": image_ids,
@@ -203,17 +215,38 @@ class SeeYouCollator:
                 )
             batch["boxes"] = boxes
         if self.return_phrases:
-            encoded = self.processor(
-                text=phrases, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
-            )
-            batch["phrase_input_ids"] = encoded["input_ids"]
-            batch["phrase_attention_mask"] = encoded["attention_mask"]
+            batch["phrase_input_ids"], batch["phrase_attention_mask"] = self._encode_texts(phrases)
             batch["phrase_boxes"] = torch.stack(phrase_boxes)  # (B, 4)
         if self.mixup is not None:
             batch["pixel_values"], batch["mixup_targets"] = self.mixup(batch["pixel_values"])
         if self.channels_last:
             batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
         return batch
+
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids` and `attention_mask` (B, T) of `texts`, padded to the longest; with `cache_text`, only the
+        texts not seen before are tokenised."""
+        if not self.cache_text:
+            encoded = self.processor(
+                text=texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
+            )
+            return encoded["input_ids"], encoded["attention_mask"]
+        tokenizer = self.processor.tokenizer
+        missing = [text for text in dict.fromkeys(texts) if text not in self._token_cache]
+        if missing:
+            encoded = tokenizer(missing, truncation=True, max_length=self.max_length, return_attention_mask=False,
+                                return_token_type_ids=False)
+            self._token_cache.update(zip(missing, encoded["input_ids"]))
+        rows = [self._token_cache[text] for text in texts]
+        lengths = torch.tensor([len(row) for row in rows])
+        positions = torch.arange(int(lengths.max()))
+        if tokenizer.padding_side == "left":
+            keep = positions >= positions.numel() - lengths[:, None]  # (B, T)
+        else:
+            keep = positions < lengths[:, None]
+        input_ids = torch.full(keep.shape, tokenizer.pad_token_id, dtype=torch.long)
+        input_ids[keep] = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.long)  # row-major
+        return input_ids, keep.long()
 
     def _pixel_values(
         self, images: list[Image.Image | None], sizes: list[tuple[int, int]], image_ids: list[str]
@@ -239,5 +272,5 @@ class SeeYouCollator:
             f"SeeYouCollator(max_length={self.max_length}, image_augment={self.image_augment!r}, "
             f"text_augment={self.text_augment!r}, mixup={self.mixup!r}, return_boxes={self.return_boxes}, "
             f"channels_last={self.channels_last}, cache_images={self.cache_images}, "
-            f"return_phrases={self.return_phrases})"
+            f"return_phrases={self.return_phrases}, cache_text={self.cache_text})"
         )

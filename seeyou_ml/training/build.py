@@ -109,7 +109,8 @@ def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last
         caption_index = build_caption_index(train)
     augmentations = build_augmentations(config.augment, caption_index=caption_index)
     return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last,
-                          cache_images=config.cache_images, return_phrases=config.return_phrases,
+                          cache_images=config.cache_images, cache_text=config.cache_text,
+                          return_phrases=config.return_phrases,
                           **vars(augmentations))
 
 

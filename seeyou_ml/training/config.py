@@ -113,6 +113,11 @@ class DataConfig:
                           "each process that collates) and load, decode and process each image once; for small "
                           "images with several captions each. Not with image augmentations."},
     )
+    cache_text: bool = field(
+        default=False,
+        metadata={"help": "Keep every training caption's token ids in memory and tokenise each caption once; for "
+                          "corpora whose captions come back epoch after epoch. Not with text augmentations."},
+    )
     return_phrases: bool = field(
         default=False,
         metadata={"help": "Also collate each record's referring expression (`phrase`) and its box, for a model with "
