@@ -157,32 +157,6 @@ def boxes_from_processed(image_processor: Any, boxes: torch.Tensor, width: int, 
     return (boxes.float().cpu() * size + offset) / scale
 
 
-def resize_batch(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
-    """A collated batch with its images resized so that their shorter side is `size` (bilinear, antialiased), for
-    progressive resizing: `pixel_values` keep their memory layout, `boxes` (processed pixels) are scaled with them;
-    everything else, normalised boxes included, is unchanged. A batch already at that size is returned as it is.
-
-    Args:
-        batch: The collator's output, with `pixel_values` (B, 3, H, W).
-        size: Shorter side of the resized images, in pixels.
-    """
-    pixels = batch["pixel_values"]
-    height, width = pixels.shape[-2:]
-    out_h, out_w = round(height * size / min(height, width)), round(width * size / min(height, width))
-    if (out_h, out_w) == (height, width):
-        return dict(batch)
-    channels_last = pixels.is_contiguous(memory_format=torch.channels_last) and not pixels.is_contiguous()
-    resized = torch.nn.functional.interpolate(pixels, size=(out_h, out_w), mode="bilinear", antialias=True,
-                                              align_corners=False)
-    if channels_last:
-        resized = resized.contiguous(memory_format=torch.channels_last)
-    out = {**batch, "pixel_values": resized}
-    if "boxes" in batch:
-        scale = torch.tensor([out_w / width, out_h / height] * 2)
-        out["boxes"] = [boxes * scale.to(boxes) for boxes in batch["boxes"]]
-    return out
-
-
 class SeeYouProcessor(ProcessorMixin):
     r"""Wraps an image processor and a tokenizer into a single processor.
 
@@ -277,4 +251,4 @@ class SeeYouProcessor(ProcessorMixin):
 # Saved folders carry this file and an `auto_map` entry, so `AutoProcessor` loads them through remote code.
 SeeYouProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["SeeYouProcessor", "boxes_from_processed", "boxes_to_processed", "processed_frame", "resize_batch", "to_rgb"]
+__all__ = ["SeeYouProcessor", "boxes_from_processed", "boxes_to_processed", "processed_frame", "to_rgb"]

@@ -120,24 +120,3 @@ def test_boxes_map_to_the_processed_frame_and_back():
     scale = torch.tensor([42 / 64, 32 / 48, 42 / 64, 32 / 48])
     torch.testing.assert_close(pixels[0], boxes[0] * scale - torch.tensor([5.0, 0.0, 5.0, 0.0]))
     torch.testing.assert_close(boxes_from_processed(image_processor, unit, 64, 48), boxes)
-
-
-def test_resize_batch_resizes_pixels_keeps_the_layout_and_scales_pixel_boxes():
-    from seeyou_ml.processing import resize_batch
-
-    pixels = torch.rand(2, 3, 8, 12).contiguous(memory_format=torch.channels_last)
-    boxes = [torch.tensor([[0.0, 2.0, 6.0, 8.0]]), torch.zeros(0, 4)]
-    phrase_boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4]] * 2)
-    batch = {"pixel_values": pixels, "boxes": boxes, "phrase_boxes": phrase_boxes, "lang": ["en", "de"]}
-    out = resize_batch(batch, 4)  # shorter side 8 -> 4: 8x12 -> 4x6
-    expected = torch.nn.functional.interpolate(pixels, size=(4, 6), mode="bilinear", antialias=True)
-    assert out["pixel_values"].shape == (2, 3, 4, 6)
-    assert out["pixel_values"].is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out["pixel_values"], expected)
-    torch.testing.assert_close(out["boxes"][0], torch.tensor([[0.0, 1.0, 3.0, 4.0]]))
-    assert out["boxes"][1].shape == (0, 4)
-    assert out["phrase_boxes"] is phrase_boxes and out["lang"] == ["en", "de"]
-    # A constant image stays constant; a batch already at the size is passed through.
-    flat = resize_batch({"pixel_values": torch.full((1, 3, 64, 64), 0.25)}, 48)["pixel_values"]
-    torch.testing.assert_close(flat, torch.full((1, 3, 48, 48), 0.25))
-    assert resize_batch(batch, 8)["pixel_values"] is pixels

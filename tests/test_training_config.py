@@ -167,6 +167,8 @@ def test_train_entry_points_print_the_resolved_recipe(capsys):
 
 def test_split_kwargs_override_corpus_kwargs_per_split(tmp_path):
     from seeyou_ml.training.build import load_split
+    from seeyou_ml.training.config import DataConfig
+
     config = DataConfig(corpus="scenes", corpus_kwargs={"num_images": 3, "cache_dir": str(tmp_path)},
                         split_kwargs={"train": {"num_images": 5}}, languages=["en", "de"])
     assert len(load_split(config, "train")) == 5 * 2
@@ -222,14 +224,3 @@ def _nested(args: list[str]) -> dict:
         node = node[part]
     node[path[-1]] = yaml.safe_load(args[1])
     return data
-
-
-def test_resize_schedule_sizes_by_position_and_refuses_unordered_entries():
-    data = TrainingRecipe.from_dict({"data": {"resize_schedule": [{"start_step": 10, "size": 48},
-                                                                  {"start_step": 50, "size": None}]}}).data
-    assert [data.image_size_at(p) for p in (0, 9.5, 10, 49, 50, 900)] == [None, None, 48, 48, None, None]
-    with pytest.raises(ValueError, match=r"start steps \[50, 10\] are not increasing"):
-        TrainingRecipe.from_dict({"data": {"resize_schedule": [{"start_step": 50, "size": 48},
-                                                               {"start_step": 10, "size": 64}]}})
-    with pytest.raises(ValueError, match="size"):
-        TrainingRecipe.from_dict({"data": {"resize_schedule": [{"start_step": 0, "size": 4}]}})

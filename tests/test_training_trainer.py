@@ -318,20 +318,3 @@ def test_collating_in_the_background_only_without_random_draws_and_with_the_same
     assert augmenting.draws_random and not SeeYouCollator(background.processor).draws_random
     assert not make_trainer(tiny_recipe(tmp_path / "aug"), tiny_tokenizer, records,
                             collate_fn=augmenting).background_collate
-
-
-def test_resize_schedule_trains_on_resized_images_from_each_start_step(tmp_path, tiny_tokenizer, caplog):
-    records = make_records(24)  # 3 batches of 8 per epoch
-    schedule = [{"start_step": 1, "size": 16}, {"start_step": 3, "size": None}]
-    trainer = make_trainer(tiny_recipe(tmp_path, stages=[{"steps": 4}], data={"batch_size": 8, "eval_split": None,
-                                                                              "resize_schedule": schedule}),
-                           tiny_tokenizer, records)
-    seen = []
-    trainer.unwrapped.vision_model.embedder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-1]))
-    with caplog.at_level("INFO", logger="seeyou_ml.training.trainer"):
-        trainer.train()
-    assert seen == [32, 16, 16, 32]
-    assert [r.getMessage() for r in caplog.records if "resize_schedule" in r.getMessage()] == [
-        "Step 1: training images resized to a shorter side of 16 px (data.resize_schedule).",
-        "Step 3: training images as collated (data.resize_schedule).",
-    ]

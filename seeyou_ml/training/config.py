@@ -50,20 +50,6 @@ class HardNegativesConfig:
 
 
 @dataclass
-class ResizeConfig:
-    """One entry of `data.resize_schedule`: from `start_step` on, training images are resized before each step."""
-
-    start_step: int = field(
-        default=0, metadata={"ge": 0, "help": "First optimizer step at this size (a schedule position with "
-                                              "schedule_by: time, like the loss terms' start steps)."}
-    )
-    size: Optional[int] = field(
-        default=None, metadata={"ge": 8, "help": "Shorter side of the training images in pixels; null = as the "
-                                                 "processor makes them."}
-    )
-
-
-@dataclass
 class DataConfig:
     """Which corpus to train and evaluate on, and how batches are formed."""
 
@@ -137,27 +123,6 @@ class DataConfig:
         metadata={"help": "Also collate each record's referring expression (`phrase`) and its box, for a model with "
                           "a grounding head (model.config_overrides.grounding_config) and its loss terms."},
     )
-    resize_schedule: list = field(
-        default_factory=list,
-        metadata={"help": "Progressive resizing: `[{start_step, size}]` in order; from each start step on, training "
-                          "batches are resized (bilinear, antialiased) to that shorter side before the step. Before "
-                          "the first entry and with `size: null` they stay as collated. Evaluation is never resized.",
-                  "item": ResizeConfig},
-    )
-
-    def __post_init__(self):
-        starts = [entry.start_step for entry in self.resize_schedule]
-        if starts != sorted(set(starts)):
-            raise ValueError(f"data.resize_schedule start steps {starts} are not increasing; list the entries in "
-                             "training order, one per start step.")
-
-    def image_size_at(self, position: float) -> Optional[int]:
-        """The `resize_schedule` size at schedule position `position` (None: as collated)."""
-        size = None
-        for entry in self.resize_schedule:
-            if position >= entry.start_step:
-                size = entry.size
-        return size
 
 
 @dataclass
@@ -484,7 +449,6 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "OptimConfig",
-    "ResizeConfig",
     "SCHEDULE_BY",
     "StageConfig",
     "TOWERS",

@@ -45,7 +45,6 @@ from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
 from ..losses import active_weights, check_loss_terms, compute_losses, logit_scale_of
-from ..processing import resize_batch
 from .optim import build_optimizer, build_schedule
 from .precision import resolve_mixed_precision
 from .stages import StageController
@@ -382,7 +381,6 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.position: float = 0  # of the current step on the schedule (see schedule_position)
-        self.image_size: int | None = None  # training images' shorter side from data.resize_schedule (None: as collated)
         self.clock = clock if clock is not None else time.perf_counter
         self.train_seconds = 0.0  # before this session: restored from a checkpoint
         self._session_start: Optional[float] = None
@@ -424,8 +422,7 @@ class Trainer:
         """One optimizer step on a global batch, exactly as the training loop takes it.
 
         Sets the stage (frozen towers, modes), active loss terms and learning rates of the current
-        [`Trainer.schedule_position`], resizes the images where `data.resize_schedule` says so, runs
-        [`Trainer.training_step`], records the loss with the non-finite guard and
+        [`Trainer.schedule_position`], runs [`Trainer.training_step`], records the loss with the non-finite guard and
         advances the step counter. Logging, checkpoints and evaluation stay with the loop.
 
         Args:
@@ -440,13 +437,6 @@ class Trainer:
         self.position = self.schedule_position()
         self.stages.apply(self.position)
         self.schedule.set_position(self.position)
-        size = self.recipe.data.image_size_at(self.position)
-        if size != self.image_size:
-            shown = f"resized to a shorter side of {size} px" if size is not None else "as collated"
-            logger.info(f"Step {self.step}: training images {shown} (data.resize_schedule).")
-            self.image_size = size
-        if size is not None:
-            batch = resize_batch(batch, size)
         loss, terms, embeddings = self.training_step(batch)
         finite = self.guard.update(loss, self.step)
         self.step += 1
