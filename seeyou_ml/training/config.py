@@ -344,6 +344,13 @@ class TrainingRecipe:
                           "accelerate config setting. A value here overrides the launcher's, with a warning when they "
                           "differ (see seeyou_ml.training.precision)."},
     )
+    keep_freed_memory: bool = field(
+        default=False,
+        metadata={"help": "Serve large CPU allocations from the process heap and keep freed memory there (glibc's "
+                          "mallopt), so every training step reuses the pages of the last one instead of mapping and "
+                          "zeroing new ones; about 10-15% faster CPU steps, the run's peak memory held until it ends. "
+                          "Linux with glibc only (elsewhere a warning, no effect); see seeyou_ml.training.memory."},
+    )
     resume_from: Optional[str] = field(
         default=None, metadata={"help": "Checkpoint directory to resume from, or `latest` under output_dir."}
     )

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from .checkpointing import load_checkpoint, resume_candidates, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
+from .memory import keep_freed_memory
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
 from ..losses import active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
@@ -326,6 +327,12 @@ class Trainer:
         clock: Optional[Callable[[], float]] = None,
     ):
         self.recipe = recipe
+        if recipe.keep_freed_memory:
+            if keep_freed_memory():
+                logger.info("CPU memory: large allocations come from the heap and freed memory stays there for the "
+                            "next step (keep_freed_memory).")
+            else:
+                warnings.warn("keep_freed_memory needs Linux with glibc; the C library's defaults stay.", stacklevel=2)
         self.accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
         check_distributed_type(self.accelerator)
         if self.accelerator.mixed_precision == "fp16":
