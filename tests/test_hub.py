@@ -50,7 +50,8 @@ def output_dir(trained_output, tmp_path):
 
 
 def expected_results(results: dict) -> set[tuple[str, str, str, float]]:
-    """(task, config, metric, value) of every result in a retrieval_results.json, read independently of the card."""
+    """(task, config, metric, value) of every result in a retrieval_results.json, read independently of the card,
+    to four decimals."""
     rows = set()
     for lang, scores in results["per_language"].items():
         rows |= {("image-text-retrieval", lang, k, v) for k, v in scores.items() if not k.startswith("num_")}
@@ -61,7 +62,7 @@ def expected_results(results: dict) -> set[tuple[str, str, str, float]]:
     rows |= {("cross-lingual-text-retrieval", "mean", k, v) for k, v in results.get("text_to_text_mean", {}).items()}
     for lang, scores in results.get("zero_shot", {}).items():
         rows.add(("zero-shot-image-classification", lang, "accuracy", scores["accuracy"]))
-    return rows
+    return {(task, config, metric, round(value, 4)) for task, config, metric, value in rows}  # as the card shows them
 
 
 def model_index_rows(card: ModelCard) -> set[tuple[str, str, str, float]]:
@@ -93,7 +94,8 @@ def test_card_names_adapters_grounding_results_and_base_models(output_dir):
     recipe = yaml.safe_load((output_dir / "recipe.yaml").read_text())
     recipe["model"].update(preset=None, vision="microsoft/resnet-50", text="xlm-roberta-base")
     (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    (output_dir / "grounding_results.json").write_text(json.dumps({"en": {"accuracy@0.5": 61.5, "num_phrases": 9}}))
+    (output_dir / "grounding_results.json").write_text(json.dumps({"en": {"accuracy@0.5": 61.5, "num_phrases": 9,
+                                                                          "pointing": 100 * 0.916}}))
 
     card = hub.render_model_card(output_dir, repo_id="me/tiny-seeyou")
 
@@ -102,6 +104,7 @@ def test_card_names_adapters_grounding_results_and_base_models(output_dir):
     assert {"lora", "phrase-grounding"} <= set(data["tags"])
     assert data["model-index"][0]["name"] == "tiny-seeyou"
     assert ("phrase-grounding", "en", "accuracy@0.5", 61.5) in model_index_rows(card)
+    assert ("phrase-grounding", "en", "pointing", 91.6) in model_index_rows(card)  # not 91.60000000000001
     assert "num_phrases" not in {row[2] for row in model_index_rows(card)}  # a count, not a result
     assert "## Language adapters" in card.text and "`de`" in card.text
     assert '"me/tiny-seeyou", trust_remote_code=True' in card.text
