@@ -245,3 +245,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def load_average() -> str:
     """The 1-minute load average (the machine is shared; a high value explains noisy timings)."""
     return f"{os.getloadavg()[0]:.1f}"
+
+
+def trainer_header(recipe: Any, trainer: Any, detail: str) -> str:
+    """The first line of a table that times a recipe's trainer: batch, threads, CPU kernels, precision, `detail`."""
+    return (f"{recipe.name}: batch {recipe.data.batch_size}, {torch.get_num_threads()} threads, kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, precision {trainer.accelerator.mixed_precision}, {detail}")
+
+
+def print_medians(label: str, times: dict[str, list[float]], digits: int) -> None:
+    """One row per variant: its median in ms and its ratio to the first variant's."""
+    base = statistics.median(next(iter(times.values())))
+    print(f"{label:>34}  {'median ms':>9}  {'ratio':>7}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:>34}  {1000 * median:9.{digits}f}  {median / base:6.3f}x")

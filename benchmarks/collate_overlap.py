@@ -16,15 +16,16 @@ machine; under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` it measures th
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from pathlib import Path
-
-import torch
 
 from seeyou_ml.training.build import build_trainer
 from seeyou_ml.training.config import TrainingRecipe
 from seeyou_ml.training.trainer import background_batches
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_medians, trainer_header  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,16 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         background.close()
         times["pre-collated"] += timed_steps(trainer, iter(held * (args.steps // 4 + 1)), args.steps)
 
-    batch = recipe.data.batch_size
-    base = statistics.median(times["collate in step"])
-    print(f"{recipe.name}: batch {batch}, {torch.get_num_threads()} threads, kernels "
-          f"{torch.backends.cpu.get_cpu_capability()}, precision {trainer.accelerator.mixed_precision}, "
-          f"{args.rounds} rounds x {args.steps} steps per way")
-    print(f"{'feeding':>18}  {'median step ms':>14}  {'samples/s':>9}  {'step / in step':>14}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:>18}  {1000 * median:14.0f}  {batch / median:9.0f}  {median / base:13.3f}x")
-
+    print(trainer_header(recipe, trainer, f"{args.rounds} rounds x {args.steps} steps per way"))
+    print_medians("feeding", times, digits=0)
 
 if __name__ == "__main__":
     main()

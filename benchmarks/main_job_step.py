@@ -18,15 +18,16 @@ image cache in both. Under `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` it
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from pathlib import Path
-
-import torch
 
 from seeyou_ml.training.build import build_trainer
 from seeyou_ml.training.config import TrainingRecipe
 from seeyou_ml.training.memory import keep_freed_memory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_medians, trainer_header  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,19 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         collator(records)
         collate["cached token ids" if cached else "tokenise every caption"].append(time.perf_counter() - start)
 
-    print(f"{recipe.name}: batch {recipe.data.batch_size}, {torch.get_num_threads()} threads, kernels "
-          f"{torch.backends.cpu.get_cpu_capability()}, precision {trainer.accelerator.mixed_precision}, "
-          f"{args.rounds} steps per variant")
-    base = statistics.median(times[names[0]])
-    print(f"{'step':>34}  {'median ms':>9}  {'ratio':>7}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:>34}  {1000 * median:9.0f}  {median / base:6.3f}x")
-    base = statistics.median(collate["tokenise every caption"])
-    print(f"{'collate':>34}  {'median ms':>9}  {'ratio':>7}")
-    for name, values in collate.items():
-        median = statistics.median(values)
-        print(f"{name:>34}  {1000 * median:9.1f}  {median / base:6.3f}x")
+    print(trainer_header(recipe, trainer, f"{args.rounds} steps per variant"))
+    print_medians("step", times, digits=0)
+    print_medians("collate", collate, digits=1)
 
 
 if __name__ == "__main__":
