@@ -7,7 +7,6 @@ normalise) and, when asked, maps boxes into the processed image's pixel frame an
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -237,16 +236,8 @@ class SeeYouCollator:
             encoded = tokenizer(missing, truncation=True, max_length=self.max_length, return_attention_mask=False,
                                 return_token_type_ids=False)
             self._token_cache.update(zip(missing, encoded["input_ids"]))
-        rows = [self._token_cache[text] for text in texts]
-        lengths = torch.tensor([len(row) for row in rows])
-        positions = torch.arange(int(lengths.max()))
-        if tokenizer.padding_side == "left":
-            keep = positions >= positions.numel() - lengths[:, None]  # (B, T)
-        else:
-            keep = positions < lengths[:, None]
-        input_ids = torch.full(keep.shape, tokenizer.pad_token_id, dtype=torch.long)
-        input_ids[keep] = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.long)  # row-major
-        return input_ids, keep.long()
+        padded = tokenizer.pad({"input_ids": [self._token_cache[text] for text in texts]}, return_tensors="pt")
+        return padded["input_ids"], padded["attention_mask"]
 
     def _pixel_values(
         self, images: list[Image.Image | None], sizes: list[tuple[int, int]], image_ids: list[str]
