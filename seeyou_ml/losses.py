@@ -290,6 +290,24 @@ def attention_iou_loss(attention: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return (1 - attention_iou(attention, mask)).mean()
 
 
+def attention_mass_loss(attention: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cross-entropy of attention maps against soft masks normalised to distributions, averaged over the N maps.
+
+    `-sum(m / sum(m) * log(a))`: least when the whole map lies inside the mask, spread as the mask covers the cells.
+    Unlike [`attention_iou_loss`], whose gradient through the peak-scaled map is weak while a map is still spread
+    over the image, it pulls mass into the box from the first step, as a classification over cells does.
+
+    Args:
+        attention: (N, L) maps over L cells, each summing to 1 (e.g. a softmax over the feature map).
+        mask: (N, L) soft masks in [0, 1] (e.g. [`box_cell_coverage`]), each covering at least part of a cell.
+
+    Returns:
+        The scalar loss.
+    """
+    target = mask / mask.sum(-1, keepdim=True).clamp(min=eps)  # (N, L)
+    return -(target * attention.clamp(min=eps).log()).sum(-1).mean()
+
+
 def positive_pairs(text_ids: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
     """(b, B) True where text i and image j share an image id (any caption of an image is its positive)."""
     return text_ids[:, None] == image_ids[None, :]
@@ -488,6 +506,16 @@ def _phrase_boxes(batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
     return batch["phrase_boxes"].to(device=like.device, dtype=torch.float32)  # (b, 4) cx, cy, w, h
 
 
+def _expression_map_and_mask(
+    outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expression's (b, H*W) last-layer attention and the share of each cell its gold box covers."""
+    _require(outputs, batch, term, ("expression_attention", "phrase_boxes"))
+    attention = outputs["expression_attention"].float()  # (b, H*W)
+    mask = box_cell_coverage(box_cxcywh_to_xyxy(_phrase_boxes(batch, attention)), *outputs["region_size"])
+    return attention, mask
+
+
 @register_loss_term("box_loss", embeddings_only=False, needs=("grounding_head", "phrases"))
 def box_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """L1 (weight 5) + GIoU (weight 2) between the referring expression's predicted and gold boxes."""
@@ -499,10 +527,13 @@ def box_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
 @register_loss_term("attention_iou_loss", embeddings_only=False, needs=("grounding_head", "phrases"))
 def attention_iou_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """One minus the soft IoU of the expression's last-layer attention (heads averaged) and its gold box's cells."""
-    _require(outputs, batch, "attention_iou_loss", ("expression_attention", "phrase_boxes"))
-    attention = outputs["expression_attention"].float()  # (b, H*W)
-    mask = box_cell_coverage(box_cxcywh_to_xyxy(_phrase_boxes(batch, attention)), *outputs["region_size"])
-    return attention_iou_loss(attention, mask)
+    return attention_iou_loss(*_expression_map_and_mask(outputs, batch, "attention_iou_loss"))
+
+
+@register_loss_term("attention_mass_loss", embeddings_only=False, needs=("grounding_head", "phrases"))
+def attention_mass_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """Cross-entropy of the expression's last-layer attention (heads averaged) against its gold box's cells."""
+    return attention_mass_loss(*_expression_map_and_mask(outputs, batch, "attention_mass_loss"))
 
 
 def check_loss_terms(
@@ -568,6 +599,7 @@ __all__ = [
     "active_weights",
     "attention_iou",
     "attention_iou_loss",
+    "attention_mass_loss",
     "box_cell_coverage",
     "box_cxcywh_to_xyxy",
     "box_iou",

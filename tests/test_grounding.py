@@ -202,3 +202,25 @@ def test_grounding_metrics_against_known_boxes(tiny_tokenizer, tmp_path):
     assert "Acc@0.5" in table and "relational" in table
     grid = grounding_grid(model, processor, Dataset.from_dict(records), tmp_path / "grid.png", num_images=2)
     assert Image.open(grid).size == (4 * 256, 256 + 28)
+
+
+def test_the_attention_loss_terms_read_the_expression_map_against_its_gold_box():
+    from seeyou_ml.losses import (
+        attention_iou_loss, attention_mass_loss, box_cell_coverage, box_cxcywh_to_xyxy, compute_losses,
+    )
+
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD))
+    inputs = _inputs()
+    out = model(**inputs)
+    batch = dict(inputs, phrase_boxes=torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.5, 0.4, 0.2], [0.5, 0.5, 1.0, 1.0]]))
+    _, terms = compute_losses(out, batch, model, {"attention_mass_loss": 1.0, "attention_iou_loss": 1.0})
+    mask = box_cell_coverage(box_cxcywh_to_xyxy(batch["phrase_boxes"]), *out.region_size)  # (3, 16)
+    attention = out.expression_attention  # (3, 16)
+    torch.testing.assert_close(terms["attention_mass_loss"], attention_mass_loss(attention, mask))
+    torch.testing.assert_close(terms["attention_iou_loss"], attention_iou_loss(attention, mask))
+    # The whole-image box covers every cell: its cross-entropy is that of the uniform box distribution.
+    expected = -(attention[2].log().mean())
+    torch.testing.assert_close(attention_mass_loss(attention[2:], mask[2:]), expected)
+    terms["attention_mass_loss"].backward()
+    assert model.grounding_head.layers[-1].cross_q.weight.grad.abs().sum() > 0

@@ -12,6 +12,7 @@ from seeyou_ml.data.augment_image import MixUp
 from seeyou_ml.losses import (
     attention_iou,
     attention_iou_loss,
+    attention_mass_loss,
     box_cell_coverage,
     box_loss,
     contrastive_loss,
@@ -178,6 +179,23 @@ def test_box_cell_coverage_and_attention_iou_against_a_hand_computed_mask():
     assert attention_iou(attention, mask).item() == pytest.approx(1.5 / 2.5, abs=1e-6)
     assert attention_iou_loss(attention, mask).item() == pytest.approx(1 - 1.5 / 2.5, abs=1e-6)
     assert attention_iou(mask / mask.sum(), mask).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_attention_mass_loss_against_a_hand_computed_mask():
+    # The box of the test above: coverage [0.5, 1, 0, 0], as a distribution [1/3, 2/3, 0, 0].
+    mask = torch.tensor([[0.5, 1.0, 0.0, 0.0]])
+    attention = torch.tensor([[0.2, 0.4, 0.3, 0.1]])
+    expected = -(math.log(0.2) / 3 + 2 * math.log(0.4) / 3)
+    assert attention_mass_loss(attention, mask).item() == pytest.approx(expected, abs=1e-6)
+    # Least for the map that equals the normalised mask (its entropy); any mass outside the box costs more.
+    inside = torch.tensor([[1 / 3, 2 / 3, 0.0, 0.0]])
+    entropy = -(math.log(1 / 3) / 3 + 2 * math.log(2 / 3) / 3)
+    assert attention_mass_loss(inside, mask).item() == pytest.approx(entropy, abs=1e-6)
+    leaking = torch.tensor([[0.3, 0.6, 0.1, 0.0]])
+    assert attention_mass_loss(leaking, mask).item() > entropy
+    # Averaged over maps.
+    both = attention_mass_loss(torch.cat([attention, inside]), mask.expand(2, 4)).item()
+    assert both == pytest.approx((expected + entropy) / 2, abs=1e-6)
 
 
 def test_itm_loss_is_binary_cross_entropy_over_positives_and_negatives():
