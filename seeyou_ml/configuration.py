@@ -49,6 +49,10 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             Which fused text state the matching logit reads: `"mean"`, the mask-aware mean of every token's state, or
             `"cls"`, the first token's (ALBEF). Within one layer the first token's cross-attention sees only its own
             query, not what the other words found, so a shallow head needs `"mean"`; `"cls"` suits deeper ones.
+        reference_sharpness (`float`, *optional*, defaults to 1.0):
+            The box's centre starts from the centroid of the expression's attention raised to this power (and
+            renormalised), then moves by a learned offset. 1 is the plain centroid; higher powers follow the map's peak
+            and ignore the mass it leaves on other objects, which otherwise pulls the centre between them.
         detach_towers (`bool`, *optional*, defaults to `False`):
             Stop the head's gradients at the towers' outputs, so that its losses train the head alone and the
             towers keep the space the contrastive loss shapes (small towers trained from scratch lose retrieval
@@ -74,6 +78,7 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-5
     num_position_frequencies: int = 8
     itm_pooling: str = "mean"
+    reference_sharpness: float = 1.0
     detach_towers: bool = False
 
     def __post_init__(self, **kwargs):
@@ -84,6 +89,9 @@ class SeeYouGroundingConfig(PreTrainedConfig):
         if self.num_hidden_layers < 1:
             raise ValueError(f"grounding_config.num_hidden_layers must be >= 1, got {self.num_hidden_layers}; give "
                              "grounding_config=None for a model without a head.")
+        if not self.reference_sharpness > 0:
+            raise ValueError(f"grounding_config.reference_sharpness must be > 0, got {self.reference_sharpness}; 1 "
+                             "takes the attention's plain centroid as the box's reference point.")
         if self.itm_pooling not in ("mean", "cls"):
             raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
         if self.feature_stage >= 0:

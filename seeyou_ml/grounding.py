@@ -7,8 +7,8 @@ regions and an FFN (pre-norm). Three readouts:
 
 - an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`);
 - a box `(cx, cy, w, h)` in [0, 1] for a referring expression: its centre is the attention centroid of the
-  expression's tokens in the last layer (a reference point, as Deformable DETR's) moved by a learned offset, its size
-  regressed from the tokens' mean state;
+  expression's tokens in the last layer (a reference point, as Deformable DETR's; sharpened towards the map's peak by
+  `reference_sharpness`) moved by a learned offset, its size regressed from the tokens' mean state;
 - the cross-attention maps of every layer, `(B, heads, T, H*W)`.
 
 [`ground`] turns the readouts into boxes in an image's pixels; [`resolve_reference`] finds the referring spans of a
@@ -192,7 +192,11 @@ class GroundingHead(nn.Module):
         share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
         attention = (maps[-1].mean(1) * share[:, :, None]).sum(1)  # (B, h, T, L) -> (B, T, L) -> (B, L)
         centres = cell_centres(*region_size, attention.device, attention.dtype)  # (L, 2)
-        reference = (attention @ centres).clamp(1e-4, 1 - 1e-4)  # (B, 2), attention centroid
+        focus = attention
+        if self.config.reference_sharpness != 1.0:
+            focus = attention.clamp(min=1e-9) ** self.config.reference_sharpness
+            focus = focus / focus.sum(-1, keepdim=True)  # (B, L), the map sharpened towards its peak
+        reference = (focus @ centres).clamp(1e-4, 1 - 1e-4)  # (B, 2), centroid of the (sharpened) attention
         pooled = (text * share[:, :, None]).sum(1)  # (B, d)
         raw = self.box(pooled)  # (B, 4)
         centre = torch.sigmoid(torch.logit(reference) + raw[:, :2])

@@ -224,3 +224,30 @@ def test_the_attention_loss_terms_read_the_expression_map_against_its_gold_box()
     torch.testing.assert_close(attention_mass_loss(attention[2:], mask[2:]), expected)
     terms["attention_mass_loss"].backward()
     assert model.grounding_head.layers[-1].cross_q.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sharpness", [1.0, 3.0])
+def test_the_box_centre_starts_from_the_sharpened_attention_centroid(sharpness):
+    from seeyou_ml.grounding import cell_centres
+
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, reference_sharpness=sharpness)))
+    torch.nn.init.zeros_(model.grounding_head.box[2].weight)
+    torch.nn.init.zeros_(model.grounding_head.box[2].bias)  # no learned offset: the centre is the reference point
+    with torch.no_grad():
+        model.grounding_head.layers[-1].cross_q.weight.mul_(30)  # peaked maps, far from uniform
+    out = model(**_inputs())
+    focus = out.expression_attention ** sharpness
+    focus = focus / focus.sum(-1, keepdim=True)  # (3, 16)
+    expected = focus @ cell_centres(*out.region_size, focus.device, focus.dtype)  # (3, 2)
+    torch.testing.assert_close(out.pred_boxes[:, :2], expected)
+    torch.testing.assert_close(out.pred_boxes[:, 2:], torch.full((3, 2), 0.5))
+    plain = out.expression_attention @ cell_centres(*out.region_size, focus.device, focus.dtype)
+    gap = (out.pred_boxes[:, :2] - plain).abs().max().item()
+    assert gap < 1e-6 if sharpness == 1.0 else gap > 1e-3  # sharpened, it moves off the plain centroid
+
+
+def test_a_non_positive_reference_sharpness_is_refused():
+    with pytest.raises(ValueError, match=r"reference_sharpness must be > 0, got 0"):
+        SeeYouConfig(grounding_config=dict(HEAD, reference_sharpness=0))
