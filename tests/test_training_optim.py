@@ -12,6 +12,7 @@ from seeyou_ml.training.optim import (
     StagedCosineSchedule,
     build_optimizer,
     build_param_groups,
+    peak_lr,
     stage_table,
 )
 from training_fixtures import tiny_model
@@ -149,3 +150,30 @@ def test_optimizer_is_fused_by_default_and_steps_like_the_per_tensor_loop(tiny_t
             optimizer.step()
     for (name, a), b in zip(fused_model.named_parameters(), loop_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_grounding_head_has_its_own_rate_else_the_heads_else_lr():
+    from seeyou_ml import SeeYouModel
+    from seeyou_ml.presets import tiny_config
+
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config={
+        "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}))
+
+    def rates(config, stage=None):
+        groups = build_param_groups(model, config)
+        if stage is not None:
+            for group in groups:
+                group["lr"] = peak_lr(config, stage, group["tower"])
+        return {g["name"]: g["lr"] for g in groups}
+
+    groups = {g["name"]: g for g in build_param_groups(model, OptimConfig(lr=1.0))}
+    assert {id(p) for name in ("grounding/decay", "grounding/no_decay") for p in groups[name]["params"]} == {
+        id(p) for p in model.grounding_head.parameters()}
+    assert id(model.visual_projection.weight) in {id(p) for p in groups["head/decay"]["params"]}
+    assert rates(OptimConfig(lr=1.0, head_lr=2.0, grounding_lr=5.0))["grounding/decay"] == 5.0
+    assert rates(OptimConfig(lr=1.0, head_lr=2.0, grounding_lr=5.0))["head/decay"] == 2.0
+    assert rates(OptimConfig(lr=1.0, head_lr=2.0))["grounding/decay"] == 2.0
+    assert rates(OptimConfig(lr=1.0))["grounding/no_decay"] == 1.0
+    stage = StageConfig(grounding_lr=7.0)
+    assert rates(OptimConfig(lr=1.0, grounding_lr=5.0), stage)["grounding/decay"] == 7.0
+    assert rates(OptimConfig(lr=1.0, grounding_lr=5.0), StageConfig(head_lr=3.0))["grounding/decay"] == 5.0

@@ -22,7 +22,7 @@ from ..data.augment import AugmentationConfig
 from .overrides import apply_overrides, build_config, load_yaml
 from .precision import MIXED_PRECISION
 
-TOWERS = ("vision", "text", "head")
+TOWERS = ("vision", "text", "head", "grounding")
 SCHEDULE_BY = ("steps", "time")
 
 
@@ -190,7 +190,10 @@ class OptimConfig:
                                                                "help": "Vision tower learning rate; null = lr."})
     text_lr: Optional[float] = field(default=None, metadata={"ge": 0, "help": "Text tower learning rate; null = lr."})
     head_lr: Optional[float] = field(
-        default=None, metadata={"ge": 0, "help": "Projections, logit scale and heads; null = lr."}
+        default=None, metadata={"ge": 0, "help": "Projections and logit scale; null = lr."}
+    )
+    grounding_lr: Optional[float] = field(
+        default=None, metadata={"ge": 0, "help": "Grounding head (model.grounding_head); null = head_lr, else lr."}
     )
     weight_decay: float = field(
         default=0.1, metadata={"ge": 0,
@@ -229,6 +232,8 @@ class StageConfig:
     text_lr: Optional[float] = field(default=None, metadata={"ge": 0,
                                                              "help": "Text tower learning rate in this stage."})
     head_lr: Optional[float] = field(default=None, metadata={"ge": 0, "help": "Head learning rate in this stage."})
+    grounding_lr: Optional[float] = field(default=None, metadata={"ge": 0,
+                                                                  "help": "Grounding head learning rate in this stage."})
     warmup_steps: Optional[int] = field(default=None, metadata={"ge": 0,
                                                                 "help": "Warmup of this stage; null = optim's."})
 

@@ -25,13 +25,15 @@ TOWER_ATTRIBUTES = {"vision": "vision_model", "text": "text_model"}
 
 
 def tower_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Splits the named parameters of `model` into its `vision`, `text` and `head` parts.
+    """Splits the named parameters of `model` into its `vision`, `text`, `head` and `grounding` parts.
 
     Args:
-        model: a dual encoder exposing `vision_model` and `text_model` (e.g. `SeeYouModel`).
+        model: a dual encoder exposing `vision_model` and `text_model` (e.g. `SeeYouModel`); the parameters of its
+            `grounding_head`, where it has one, are the `grounding` part, the rest outside the towers the `head`.
 
     Returns:
-        `{"vision": [...], "text": [...], "head": [...]}` of `(name, parameter)` pairs; shared parameters appear once.
+        `{"vision": [...], "text": [...], "head": [...], "grounding": [...]}` of `(name, parameter)` pairs; shared
+        parameters appear once.
     """
     owner: dict[int, str] = {}
     for tower, attribute in TOWER_ATTRIBUTES.items():
@@ -43,6 +45,10 @@ def tower_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
             )
         for parameter in module.parameters():
             owner.setdefault(id(parameter), tower)
+    grounding = getattr(model, "grounding_head", None)
+    if isinstance(grounding, nn.Module):
+        for parameter in grounding.parameters():
+            owner.setdefault(id(parameter), "grounding")
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {tower: [] for tower in TOWERS}
     for name, parameter in model.named_parameters():
         groups[owner.get(id(parameter), "head")].append((name, parameter))
@@ -101,13 +107,15 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
 
 
 def peak_lr(config: OptimConfig, stage: StageConfig | None, tower: str) -> float:
-    """Peak rate of `tower` in `stage`: the stage's own, else the optim section's per-tower rate, else `lr`."""
+    """Peak rate of `tower` in `stage`: the stage's own, else the optim section's per-tower rate, else `lr`; the
+    grounding head without a rate of its own takes the head's."""
     if stage is not None and tower in stage.freeze:
         return 0.0
-    for source in (stage, config):
-        value = getattr(source, f"{tower}_lr", None) if source is not None else None
-        if value is not None:
-            return float(value)
+    for name in (f"{tower}_lr", "head_lr") if tower == "grounding" else (f"{tower}_lr",):
+        for source in (stage, config):
+            value = getattr(source, name, None) if source is not None else None
+            if value is not None:
+                return float(value)
     return float(config.lr)
 
 
