@@ -5,9 +5,9 @@ Two models, random init, batch 16, CPU, fp32:
   recipe's model section, with and without its grounding_config);
 - `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
 A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
-attention-IoU with it), backward and an AdamW update. Each (model, head) arm runs in its own process (so its peak RSS
-is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of each arm, the
-ratio of medians, and each arm's largest peak RSS.
+attention mass + attention-IoU with it), backward and an AdamW update. Each (model, head) arm runs in its own process
+(so its peak RSS is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of
+each arm, the ratio of medians, and each arm's largest peak RSS.
 
     python benchmarks/grounding_cost.py [--models main r50-xlmr] [--steps 5] [--rounds 2]
 """
@@ -78,7 +78,7 @@ def child(model_name: str, with_head: bool, steps: int) -> None:
     weights = {"contrastive_loss": 1.0}
     if with_head:
         forward_keys += ["phrase_input_ids", "phrase_attention_mask"]
-        weights.update(itm_loss=1.0, box_loss=1.0, attention_iou_loss=1.0)
+        weights.update(itm_loss=1.0, box_loss=1.0, attention_mass_loss=1.0, attention_iou_loss=1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     times = []
     for step in range(steps + 1):  # the first step warms up the allocator and oneDNN
