@@ -75,5 +75,6 @@ def main(argv: list[str] | None = None) -> None:
     print(trainer_header(recipe, trainer, f"{args.rounds} rounds x {args.steps} steps per way"))
     print_medians("feeding", times, digits=0)
 
+
 if __name__ == "__main__":
     main()
