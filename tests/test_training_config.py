@@ -25,6 +25,53 @@ def test_yaml_round_trip_keeps_every_field(tmp_path):
     assert again.total_steps == 30
 
 
+def test_a_recipe_builds_on_its_base_recipe(tmp_path):
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "bases" / "root.yaml").write_text(
+        "name: root\nseed: 3\noptim: {lr: 1e-3, weight_decay: 0.2}\n"
+        "stages: [{name: a, steps: 5}, {name: b, steps: 6}]\nlosses: {contrastive_loss: {weight: 1.0}}\n"
+    )
+    (tmp_path / "bases" / "middle.yaml").write_text("base: root.yaml\nname: middle\noptim: {lr: 2e-3}\n")
+    (tmp_path / "child.yaml").write_text(
+        "base: bases/middle.yaml\nname: child\nstages: [{steps: 9}]\nlosses: {itm_loss: {start_step: 4}}\n"
+        "max_train_seconds: null\n"
+    )
+    recipe = TrainingRecipe.from_yaml(tmp_path / "child.yaml")
+    assert recipe == TrainingRecipe.from_dict({
+        "name": "child", "seed": 3, "optim": {"lr": 2e-3, "weight_decay": 0.2}, "stages": [{"steps": 9}],
+        "losses": {"contrastive_loss": {"weight": 1.0}, "itm_loss": {"start_step": 4}},
+    })
+    # Sections merge key by key (optim keeps the root's weight decay), lists replace whole (one stage, not three).
+    assert (recipe.optim.lr, recipe.optim.weight_decay, recipe.total_steps) == (2e-3, 0.2, 9)
+
+
+def test_a_missing_or_circular_base_recipe_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: nope.yaml\n")
+    with pytest.raises(ValueError, match=r"a.yaml names `base: nope.yaml`, but .*nope.yaml is not a file"):
+        TrainingRecipe.from_yaml(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ValueError, match=r"its own base \(b.yaml -> c.yaml -> b.yaml\)"):
+        TrainingRecipe.from_yaml(tmp_path / "b.yaml")
+    (tmp_path / "d.yaml").write_text("base: e.yaml\n")
+    (tmp_path / "e.yaml").write_text("- 1\n")
+    with pytest.raises(ValueError, match="e.yaml holds a list; a config file is a YAML mapping"):
+        TrainingRecipe.from_yaml(tmp_path / "d.yaml")
+
+
+def test_the_grounding_recipe_is_the_main_job_plus_the_head():
+    import dataclasses
+
+    main = TrainingRecipe.from_yaml(RECIPES / "scenes-tiny.yaml")
+    grounding = TrainingRecipe.from_yaml(RECIPES / "scenes-tiny-grounding.yaml")
+    assert grounding.data == dataclasses.replace(main.data, return_phrases=True)
+    assert grounding.stages == main.stages and grounding.optim.lr == main.optim.lr
+    overrides = dict(grounding.model.config_overrides)
+    assert overrides.pop("grounding_config")["feature_stage"] == -2
+    assert dataclasses.replace(grounding.model, config_overrides=overrides) == main.model
+    assert grounding.losses["contrastive_loss"] == main.losses["contrastive_loss"]
+
+
 def test_overrides_dotted_bare_and_into_lists_and_mappings():
     recipe = TrainingRecipe().with_overrides([
         "--optim.lr", "1e-4", "--batch_size=32", "--stages.0.steps", "7", "--freeze_batchnorm", "true",

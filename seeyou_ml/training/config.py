@@ -19,7 +19,7 @@ from typing import Optional, Union
 import yaml
 
 from ..data.augment import AugmentationConfig
-from .overrides import apply_overrides, build_config, load_yaml
+from .overrides import apply_overrides, build_config, load_layered_yaml
 from .precision import MIXED_PRECISION
 
 TOWERS = ("vision", "text", "head", "grounding")
@@ -426,12 +426,9 @@ class TrainingRecipe:
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "TrainingRecipe":
-        """Reads a recipe file."""
-        with open(path, encoding="utf-8") as f:
-            data = load_yaml(f)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path} holds a {type(data).__name__}; a recipe is a YAML mapping of sections.")
-        return cls.from_dict(data)
+        """Reads a recipe file. A recipe may build on another with a top-level `base: other.yaml` (relative to its own
+        folder): it then gives only what it changes, mappings merging key by key and other values replacing."""
+        return cls.from_dict(load_layered_yaml(path))
 
     def to_dict(self) -> dict:
         """The recipe as nested plain data."""

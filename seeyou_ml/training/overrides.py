@@ -23,6 +23,7 @@ import difflib
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
@@ -48,6 +49,56 @@ for _first in "tTfF":
 def load_yaml(text: Any) -> Any:
     """Parses config YAML (a file, its text or one override value) with [`RecipeLoader`]."""
     return yaml.load(text, Loader=RecipeLoader)
+
+
+def merge_config_data(base: dict, changes: dict) -> dict:
+    """`changes` laid over `base`: mappings merge key by key; anything else (a value, a list, null) replaces."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config_data(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_layered_yaml(path: Union[str, Path], base_key: str = "base") -> dict:
+    """Reads a config file that may build on another: a top-level `base: other.yaml` (relative to the file's folder)
+    reads that file first, the same way, and lays this file's keys over it with [`merge_config_data`].
+
+    Returns:
+        The merged mapping, without `base_key` (empty for an empty file).
+
+    Raises:
+        ValueError: if a file holds no mapping, names a base that is missing, or the bases form a cycle.
+    """
+    chain: list[Path] = []
+    path = Path(path)
+    layers = []
+    while True:
+        resolved = path.resolve()
+        if resolved in chain:
+            cycle = " -> ".join(p.name for p in [*chain, resolved])
+            raise ValueError(f"{path} is its own base ({cycle}); point `{base_key}:` at a file that does not lead back.")
+        chain.append(resolved)
+        with open(path, encoding="utf-8") as f:
+            data = load_yaml(f)
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{path} holds a {type(data).__name__}; a config file is a YAML mapping of sections.")
+        data = dict(data or {})
+        base = data.pop(base_key, None)
+        layers.append(data)
+        if base is None:
+            break
+        following = path.parent / str(base)
+        if not following.is_file():
+            raise ValueError(f"{path} names `{base_key}: {base}`, but {following} is not a file; give a path relative "
+                             f"to {path.parent}.")
+        path = following
+    merged: dict = {}
+    for layer in reversed(layers):
+        merged = merge_config_data(merged, layer)
+    return merged
 
 
 def build_config(cls: type, data: Optional[dict], where: str = "") -> Any:
@@ -310,7 +361,9 @@ __all__ = [
     "build_config",
     "check_bounds",
     "coerce_value",
+    "load_layered_yaml",
     "load_yaml",
+    "merge_config_data",
     "parse_pairs",
     "resolve_key",
 ]
