@@ -57,6 +57,12 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             Stop the head's gradients at the towers' outputs, so that its losses train the head alone and the
             towers keep the space the contrastive loss shapes (small towers trained from scratch lose retrieval
             accuracy to the head's losses; pretrained towers fine-tuned with ALBEF's recipe train jointly).
+        itm_train_pairs (`int`, *optional*):
+            In training, image-text matching runs on the first `itm_train_pairs` captions of each process's batch:
+            their logits with their own images and with the hard negatives drawn for them (from the whole batch).
+            Matching fuses three caption-image pairs per caption, most of the head's cost, so a large contrastive
+            batch can train it on a share while every referring expression is still grounded; `None` matches every
+            caption. Evaluation and inference score every pair.
 
     Example:
 
@@ -80,6 +86,7 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     itm_pooling: str = "mean"
     reference_sharpness: float = 1.0
     detach_towers: bool = False
+    itm_train_pairs: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -94,6 +101,9 @@ class SeeYouGroundingConfig(PreTrainedConfig):
                              "takes the attention's plain centroid as the box's reference point.")
         if self.itm_pooling not in ("mean", "cls"):
             raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
+        if self.itm_train_pairs is not None and self.itm_train_pairs < 1:
+            raise ValueError(f"grounding_config.itm_train_pairs must be >= 1, got {self.itm_train_pairs}; None "
+                             "matches every caption of the batch.")
         if self.feature_stage >= 0:
             raise ValueError(f"grounding_config.feature_stage counts stages from the end (-1 the last), got "
                              f"{self.feature_stage}.")

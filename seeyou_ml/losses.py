@@ -343,11 +343,12 @@ def hard_negative_indices(
     image_ids: torch.Tensor,
     generator: torch.Generator,
     logit_scale: torch.Tensor | float = 1.0,
+    num_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard negatives of this process's pairs, drawn from the global batch.
 
-    Every process gathers the embeddings of all processes and draws for all B rows with the same generator state,
-    then keeps its own b rows: the draws equal those of one process holding the whole batch.
+    Every process gathers the embeddings of all processes and draws for the rows of all processes with the same
+    generator state, then keeps its own: the draws equal those of one process holding the whole batch.
 
     Args:
         image_embeds: (b, D) this process's normalised image embeddings; row i pairs with text i.
@@ -357,21 +358,28 @@ def hard_negative_indices(
         logit_scale: the contrastive loss's inverse temperature. Negatives are drawn with probability
             softmax(logit_scale * cosine), the in-batch similarities the contrastive loss sees (ALBEF): over bare
             cosines in [-1, 1] the softmax is nearly uniform and the negatives are random, not hard.
+        num_rows: draw for the first `num_rows` pairs of each process only (the pairs the matching head fused);
+            `None` draws for all b.
 
     Returns:
-        `(negative_image_of_text, negative_text_of_image)`: (b,) indices into the global batch of B pairs.
+        `(negative_image_of_text, negative_text_of_image)`: (n,) indices into the global batch of B pairs, for this
+        process's first n = `num_rows` (or b) pairs.
     """
-    rank, _ = distributed()
+    rank, world = distributed()
     b = image_embeds.shape[0]
+    n = b if num_rows is None else min(num_rows, b)
     all_images = gather_no_grad(image_embeds.detach())  # (B, D)
     all_texts = gather_no_grad(text_embeds.detach())  # (B, D)
     all_ids = gather_no_grad(image_ids)  # (B,)
-    similarity = float(logit_scale) * (all_texts.float() @ all_images.float().T)  # (B_text, B_image)
-    positive = positive_pairs(all_ids, all_ids)  # (B, B), symmetric
-    negative_image = sample_hard_negatives(similarity, positive, generator)  # (B,)
-    negative_text = sample_hard_negatives(similarity.T, positive, generator)  # (B,)
-    rows = slice(rank * b, (rank + 1) * b)
-    return negative_image[rows], negative_text[rows]
+    rows = (torch.arange(world)[:, None] * b + torch.arange(n)).flatten().to(all_ids.device)  # (P * n,)
+    # (P * n, B): the drawing rows' similarity to every image, and every text's to the drawing rows' images
+    text_to_image = float(logit_scale) * (all_texts[rows].float() @ all_images.float().T)
+    image_to_text = float(logit_scale) * (all_images[rows].float() @ all_texts.float().T)
+    positive = positive_pairs(all_ids[rows], all_ids)  # (P * n, B); positives are symmetric
+    negative_image = sample_hard_negatives(text_to_image, positive, generator)  # (P * n,)
+    negative_text = sample_hard_negatives(image_to_text, positive, generator)  # (P * n,)
+    own = slice(rank * n, (rank + 1) * n)
+    return negative_image[own], negative_text[own]
 
 
 def itm_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor) -> torch.Tensor:
@@ -477,14 +485,17 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     """Image-text matching with hard negatives from the global batch (ALBEF): each caption with its own image, with
     an image drawn by similarity, and each image with a caption drawn likewise.
 
-    The draws come from a generator seeded by the global batch's image ids, so every process draws the same.
+    The draws come from a generator seeded by the global batch's image ids, so every process draws the same. Where
+    the head matched only this process's first n captions (`grounding_config.itm_train_pairs`), those n captions and
+    their images get negatives, still drawn from the whole global batch.
     """
     _require(outputs, batch, "itm_loss", ("itm_logits", "grounding_regions", "grounding_text", "image_id"))
     ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
     all_ids = gather_no_grad(ids)  # (B,)
     generator = torch.Generator().manual_seed(int(all_ids.remainder(2**31).sum()))
+    n = outputs["itm_logits"].shape[0]  # the captions the head matched: b, or the first itm_train_pairs
     negative_image, negative_text = hard_negative_indices(
-        outputs["image_embeds"], outputs["text_embeds"], ids, generator, logit_scale_of(model).detach()
+        outputs["image_embeds"], outputs["text_embeds"], ids, generator, logit_scale_of(model).detach(), n
     )
     regions = gather_with_grad(outputs["grounding_regions"])  # (B, L, d)
     text = outputs["grounding_text"]
@@ -495,10 +506,10 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
     head, size = model.grounding_head, outputs["region_size"]
     negative_image, negative_text = negative_image.to(text.device), negative_text.to(text.device)
-    with_other_image = head.fuse(text, mask, regions[negative_image], size).itm_logits  # (b,)
+    with_other_image = head.fuse(text[:n], mask[:n], regions[negative_image], size).itm_logits  # (n,)
     with_other_text = head.fuse(
-        all_text[negative_text], all_mask[negative_text], outputs["grounding_regions"], size
-    ).itm_logits  # (b,)
+        all_text[negative_text], all_mask[negative_text], outputs["grounding_regions"][:n], size
+    ).itm_logits  # (n,)
     return itm_loss(outputs["itm_logits"], torch.cat([with_other_image, with_other_text]))
 
 

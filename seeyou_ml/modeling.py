@@ -301,6 +301,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         phrase_input_ids: torch.Tensor | None = None,
         phrase_attention_mask: torch.Tensor | None = None,
         phrase_token_mask: torch.Tensor | None = None,
+        output_grounding: bool = True,
     ) -> SeeYouOutput:
         """Embeds a batch of images and captions and scores every pair.
 
@@ -318,6 +319,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
             phrase_attention_mask: (B, P) mask of `phrase_input_ids`.
             phrase_token_mask: (B, T), 1 on the caption tokens of a referring span; used when no `phrase_input_ids`
                 are given.
+            output_grounding: run the grounding head, where the model has one; `False` skips it (the trainer does
+                in the steps before the head's losses start).
 
         Returns:
             [`SeeYouOutput`].
@@ -350,7 +353,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
             loss = contrastive_loss(image_embeds, text_embeds, scale, ids)
 
         grounding = {}
-        if self.grounding_head is not None:
+        if self.grounding_head is not None and output_grounding:
             grounding = self._ground_batch(
                 text.last_hidden_state, attention_mask, vision, phrase_input_ids, phrase_attention_mask, phrase_token_mask
             )
@@ -422,7 +425,13 @@ class SeeYouModel(SeeYouPreTrainedModel):
             feature_map, caption_states = feature_map.detach(), caption_states.detach()
         regions, size = head.encode_regions(feature_map)  # (B, H*W, d)
         caption_text = head.encode_text(caption_states)  # (B, T, d)
-        caption = head.fuse(caption_text, attention_mask, regions, size, phrase_token_mask)
+        # In training the head may match the first n captions only (grounding_config.itm_train_pairs); regions and
+        # text stay whole for the matching loss's negatives and the referring expressions.
+        n = self.config.grounding_config.itm_train_pairs if self.training else None
+        rows = slice(None, n)
+        if phrase_token_mask is not None:
+            phrase_token_mask = phrase_token_mask[rows]
+        caption = head.fuse(caption_text[rows], attention_mask[rows], regions[rows], size, phrase_token_mask)
         expression = caption if phrase_token_mask is not None else None
         if phrase_input_ids is not None:
             if phrase_attention_mask is None:

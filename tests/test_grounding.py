@@ -251,3 +251,39 @@ def test_the_box_centre_starts_from_the_sharpened_attention_centroid(sharpness):
 def test_a_non_positive_reference_sharpness_is_refused():
     with pytest.raises(ValueError, match=r"reference_sharpness must be > 0, got 0"):
         SeeYouConfig(grounding_config=dict(HEAD, reference_sharpness=0))
+
+
+def test_in_training_the_head_matches_only_its_itm_train_pairs_and_grounds_every_expression(monkeypatch):
+    from seeyou_ml import losses
+    from seeyou_ml.losses import box_loss, compute_losses, itm_loss
+
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, itm_train_pairs=2)))
+    inputs = _inputs(batch=4)
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.5, 0.4, 0.2], [0.5, 0.5, 1.0, 1.0], [0.2, 0.8, 0.2, 0.2]])
+    batch = dict(inputs, phrase_boxes=boxes, image_id=["a", "b", "c", "d"])
+    out = model.train()(**inputs)
+    assert out.itm_logits.shape == (2,) and out.pred_boxes.shape == (4, 4)
+    assert out.grounding_regions.shape[0] == 4 and out.grounding_text.shape[0] == 4  # negatives come from all four
+    assert model.eval()(**inputs).itm_logits.shape == (4,)  # evaluation scores every pair
+    model.config.grounding_config.itm_train_pairs = None
+    full = model.train()(**inputs)
+    torch.testing.assert_close(out.itm_logits, full.itm_logits[:2])  # the same pairs, matched alone
+    torch.testing.assert_close(out.pred_boxes, full.pred_boxes)
+    model.config.grounding_config.itm_train_pairs = 2
+    _, terms = compute_losses(out, batch, model, {"box_loss": 1.0})
+    torch.testing.assert_close(terms["box_loss"], box_loss(out.pred_boxes, boxes))
+    # Two positives and, for each, a negative image and a negative caption: six logits in the cross-entropy.
+    monkeypatch.setattr(losses, "hard_negative_indices", lambda *args: (torch.tensor([1, 0]), torch.tensor([2, 3])))
+    _, terms = compute_losses(out, batch, model, {"itm_loss": 1.0})
+    head, mask, size = model.grounding_head, inputs["attention_mask"], out.region_size
+    text, regions = out.grounding_text, out.grounding_regions
+    with_other_image = head.fuse(text[:2], mask[:2], regions[[1, 0]], size).itm_logits
+    with_other_text = head.fuse(text[[2, 3]], mask[[2, 3]], regions[:2], size).itm_logits
+    negatives = torch.cat([with_other_image, with_other_text])
+    torch.testing.assert_close(terms["itm_loss"], itm_loss(out.itm_logits, negatives))
+    terms["itm_loss"].backward()
+    assert model.grounding_head.itm.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"itm_train_pairs must be >= 1, got 0"):
+        SeeYouConfig(grounding_config=dict(HEAD, itm_train_pairs=0))

@@ -253,10 +253,11 @@ def _negatives_worker(rank: int, world_size: int, port: int, out_dir: str) -> No
     try:
         images, texts, ids = _negative_inputs()
         local = [t.chunk(world_size)[rank] for t in (images, texts, ids)]
-        drawn = hard_negative_indices(*local, torch.Generator().manual_seed(7))
-        gathered = [gather_no_grad(d) for d in drawn]
-        if rank == 0:
-            torch.save(gathered, os.path.join(out_dir, "negatives.pt"))
+        for name, num_rows in (("negatives", None), ("first_two", 2)):
+            drawn = hard_negative_indices(*local, torch.Generator().manual_seed(7), num_rows=num_rows)
+            gathered = [gather_no_grad(d) for d in drawn]
+            if rank == 0:
+                torch.save(gathered, os.path.join(out_dir, f"{name}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -276,3 +277,15 @@ def test_hard_negatives_of_two_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(got, want)
     ids = _negative_inputs()[2]
     assert (ids[single[0]] != ids).all() and (ids[single[1]] != ids).all()
+    # Drawing for each process's first two pairs only: rows 0, 1 (process 0) and 4, 5 (process 1) of the global batch,
+    # each against the whole batch, with one generator.
+    images, texts, ids = _negative_inputs()
+    rows = torch.tensor([0, 1, 4, 5])
+    generator = torch.Generator().manual_seed(7)
+    positive = ids[rows][:, None] == ids[None, :]
+    want_image = sample_hard_negatives(texts[rows] @ images.T, positive, generator)
+    want_text = sample_hard_negatives(images[rows] @ texts.T, positive, generator)
+    got_image, got_text = torch.load(tmp_path / "first_two.pt")
+    torch.testing.assert_close(got_image, want_image)
+    torch.testing.assert_close(got_text, want_text)
+    assert (ids[got_image] != ids[rows]).all() and (ids[got_text] != ids[rows]).all()

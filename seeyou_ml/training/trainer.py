@@ -45,7 +45,7 @@ from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .memory import keep_freed_memory
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
-from ..losses import active_weights, check_loss_terms, compute_losses, logit_scale_of
+from ..losses import LOSS_TERMS, active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
 from .precision import resolve_mixed_precision
 from .stages import StageController
@@ -356,6 +356,7 @@ class Trainer:
             )
         sub = recipe.data.sub_batch_size
         self.sub_batch_size = sub if sub is not None and sub < self.local_batch else None
+        self.head_active = True  # whether the grounding head runs in the next forward_batch (see training_step)
         check_loss_terms(recipe.losses, self.sub_batch_size is not None)
 
         if recipe.model.gradient_checkpointing:
@@ -465,6 +466,8 @@ class Trainer:
             cached = cache_embeddings(self.unwrapped, batch, self.sub_batch_size, accelerator.autocast)
             outputs = cached.embeddings
         else:
+            # The grounding head runs only once one of its losses has started.
+            self.head_active = any("grounding_head" in LOSS_TERMS[name].needs for name in weights)
             outputs = self.forward_batch(batch)
         total, terms = compute_losses(outputs, batch, self.unwrapped, weights)
 
@@ -502,7 +505,10 @@ class Trainer:
     def forward_batch(self, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
         """What the loss terms read for `batch` (at least `image_embeds` and `text_embeds`, (b, D)): the model's
         output; a subclass may compute it otherwise (e.g. distillation, `seeyou_ml.training.adapters`)."""
-        return self.model(**{k: batch[k] for k in FORWARD_KEYS if k in batch})
+        inputs = {k: batch[k] for k in FORWARD_KEYS if k in batch}
+        if getattr(self.unwrapped, "grounding_head", None) is not None:
+            inputs["output_grounding"] = self.head_active
+        return self.model(**inputs)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
 
