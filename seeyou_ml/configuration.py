@@ -57,12 +57,20 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             Stop the head's gradients at the towers' outputs, so that its losses train the head alone and the
             towers keep the space the contrastive loss shapes (small towers trained from scratch lose retrieval
             accuracy to the head's losses; pretrained towers fine-tuned with ALBEF's recipe train jointly).
+        token_embeddings (`bool`, *optional*, defaults to `False`):
+            Give the head an embedding of its own for every token of the text tower's vocabulary, added to the
+            projected token states. With `detach_towers`, words that occur only in referring expressions (never in a
+            caption, so never trained by the contrastive loss) keep the text tower's random initial embedding; the
+            head's own embedding of them is trained by its losses.
         itm_train_pairs (`int`, *optional*):
             In training, image-text matching runs on the first `itm_train_pairs` captions of each process's batch:
             their logits with their own images and with the hard negatives drawn for them (from the whole batch).
             Matching fuses three caption-image pairs per caption, most of the head's cost, so a large contrastive
             batch can train it on a share while every referring expression is still grounded; `None` matches every
             caption. Evaluation and inference score every pair.
+        expression_train_pairs (`int`, *optional*):
+            Likewise for the referring expressions: in training the head grounds the first `expression_train_pairs`
+            of each process's batch (their boxes and attention maps); `None` grounds every one.
 
     Example:
 
@@ -86,7 +94,9 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     itm_pooling: str = "mean"
     reference_sharpness: float = 1.0
     detach_towers: bool = False
+    token_embeddings: bool = False
     itm_train_pairs: int | None = None
+    expression_train_pairs: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -101,9 +111,11 @@ class SeeYouGroundingConfig(PreTrainedConfig):
                              "takes the attention's plain centroid as the box's reference point.")
         if self.itm_pooling not in ("mean", "cls"):
             raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
-        if self.itm_train_pairs is not None and self.itm_train_pairs < 1:
-            raise ValueError(f"grounding_config.itm_train_pairs must be >= 1, got {self.itm_train_pairs}; None "
-                             "matches every caption of the batch.")
+        for name in ("itm_train_pairs", "expression_train_pairs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"grounding_config.{name} must be >= 1, got {value}; None trains the head on every "
+                                 "pair of the batch.")
         if self.feature_stage >= 0:
             raise ValueError(f"grounding_config.feature_stage counts stages from the end (-1 the last), got "
                              f"{self.feature_stage}.")

@@ -138,13 +138,21 @@ class GroundingHead(nn.Module):
         config: the head's settings.
         text_width: hidden size of the text tower's token states.
         vision_width: channels of the feature map the head reads.
+        vocab_size: the text tower's vocabulary size; needed with `config.token_embeddings`.
     """
 
-    def __init__(self, config: SeeYouGroundingConfig, text_width: int, vision_width: int):
+    def __init__(
+        self, config: SeeYouGroundingConfig, text_width: int, vision_width: int, vocab_size: int | None = None
+    ):
         super().__init__()
         d = config.hidden_size
         self.config = config
         self.text_in = nn.Linear(text_width, d)
+        self.token_embedding = None
+        if config.token_embeddings:
+            if vocab_size is None:
+                raise ValueError("grounding_config.token_embeddings needs the text tower's vocab_size.")
+            self.token_embedding = nn.Embedding(vocab_size, d)
         self.region_in = nn.Linear(vision_width, d)
         self.position_in = nn.Linear(4 * config.num_position_frequencies, d)
         self.region_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
@@ -167,9 +175,16 @@ class GroundingHead(nn.Module):
         code = self.position_in(position_code(centres, self.config.num_position_frequencies))  # (H*W, d)
         return self.region_norm(self.region_in(cells) + code), size
 
-    def encode_text(self, text_states: torch.Tensor) -> torch.Tensor:
-        """Projects the text tower's (B, T, H) token states to the head's width, (B, T, d)."""
-        return self.text_in(text_states)
+    def encode_text(self, text_states: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Projects the text tower's (B, T, H) token states to the head's width, (B, T, d), and adds the head's own
+        embedding of each of the (B, T) `input_ids` where it has one (`config.token_embeddings`)."""
+        text = self.text_in(text_states)
+        if self.token_embedding is None:
+            return text
+        if input_ids is None:
+            raise ValueError("This grounding head embeds tokens of its own (grounding_config.token_embeddings): pass "
+                             "the texts' input_ids with their states.")
+        return text + self.token_embedding(input_ids).to(text.dtype)
 
     def fuse(
         self,
@@ -215,6 +230,7 @@ class GroundingHead(nn.Module):
         text_mask: torch.Tensor,
         feature_map: torch.Tensor,
         expression_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
     ) -> GroundingHeadOutput:
         """Fuses each text with its image.
 
@@ -224,12 +240,13 @@ class GroundingHead(nn.Module):
             feature_map: (B, C, H', W') ResNet map or (B, N, C) ViT tokens of the paired images.
             expression_mask: (B, T), 1 on the tokens of the referring expression (a span of a caption); the whole
                 text when omitted.
+            input_ids: (B, T) the texts' token ids; needed with `config.token_embeddings`.
 
         Returns:
             [`GroundingHeadOutput`].
         """
         regions, size = self.encode_regions(feature_map)
-        return self.fuse(self.encode_text(text_states), text_mask, regions, size, expression_mask)
+        return self.fuse(self.encode_text(text_states, input_ids), text_mask, regions, size, expression_mask)
 
 
 @dataclass
@@ -290,7 +307,8 @@ def _ground_texts(
     text = model.get_text_features(encoded["input_ids"], encoded["attention_mask"])
     feature_map = model.grounding_feature_map(model.get_image_features(pixel_values))
     feature_map = feature_map[torch.tensor(image_index, device=device)]  # one row per text
-    out = model.grounding_head(text.last_hidden_state, encoded["attention_mask"], feature_map)
+    out = model.grounding_head(text.last_hidden_state, encoded["attention_mask"], feature_map,
+                               input_ids=encoded["input_ids"])
     height, width = region_grid(feature_map)[1]
     attention = out.expression_attention.float().view(-1, 1, height, width)  # (N, H*W) -> (N, 1, H, W)
     out_h, out_w = pixel_values.shape[-2:]

@@ -514,7 +514,8 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
 
 
 def _phrase_boxes(batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
-    return batch["phrase_boxes"].to(device=like.device, dtype=torch.float32)  # (b, 4) cx, cy, w, h
+    # (n, 4) cx, cy, w, h of the n expressions the head grounded: all b, or the first expression_train_pairs
+    return batch["phrase_boxes"][: like.shape[0]].to(device=like.device, dtype=torch.float32)
 
 
 def _expression_map_and_mask(

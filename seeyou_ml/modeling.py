@@ -177,6 +177,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
                 grounding,
                 config.text_config.hidden_size,
                 vision_width(config.vision_config, grounding.feature_stage),
+                config.text_config.vocab_size,
             )
             if grounding is not None
             else None
@@ -354,9 +355,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
 
         grounding = {}
         if self.grounding_head is not None and output_grounding:
-            grounding = self._ground_batch(
-                text.last_hidden_state, attention_mask, vision, phrase_input_ids, phrase_attention_mask, phrase_token_mask
-            )
+            grounding = self._ground_batch(text.last_hidden_state, input_ids, attention_mask, vision, phrase_input_ids,
+                                           phrase_attention_mask, phrase_token_mask)
         return SeeYouOutput(
             loss=loss,
             logits_per_image=logits_per_text.T,
@@ -409,6 +409,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
     def _ground_batch(
         self,
         caption_states: torch.Tensor,
+        input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         vision: BaseModelOutputWithPooling,
         phrase_input_ids: torch.Tensor | None,
@@ -424,7 +425,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         if detach:
             feature_map, caption_states = feature_map.detach(), caption_states.detach()
         regions, size = head.encode_regions(feature_map)  # (B, H*W, d)
-        caption_text = head.encode_text(caption_states)  # (B, T, d)
+        caption_text = head.encode_text(caption_states, input_ids)  # (B, T, d)
         # In training the head may match the first n captions only (grounding_config.itm_train_pairs); regions and
         # text stay whole for the matching loss's negatives and the referring expressions.
         n = self.config.grounding_config.itm_train_pairs if self.training else None
@@ -436,11 +437,14 @@ class SeeYouModel(SeeYouPreTrainedModel):
         if phrase_input_ids is not None:
             if phrase_attention_mask is None:
                 phrase_attention_mask = torch.ones_like(phrase_input_ids)
+            # In training the head may ground the first m expressions only (grounding_config.expression_train_pairs).
+            m = self.config.grounding_config.expression_train_pairs if self.training else None
+            phrase_input_ids, phrase_attention_mask = phrase_input_ids[:m], phrase_attention_mask[:m]
             with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
                 states = self.text_model(
                     input_ids=phrase_input_ids, attention_mask=phrase_attention_mask, return_dict=True
                 ).last_hidden_state  # (B, P, H)
-            expression = head.fuse(head.encode_text(states), phrase_attention_mask, regions, size)
+            expression = head.fuse(head.encode_text(states, phrase_input_ids), phrase_attention_mask, regions[:m], size)
         outputs = {
             "itm_logits": caption.itm_logits,
             "region_size": size,

@@ -287,3 +287,33 @@ def test_in_training_the_head_matches_only_its_itm_train_pairs_and_grounds_every
     assert model.grounding_head.itm.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"itm_train_pairs must be >= 1, got 0"):
         SeeYouConfig(grounding_config=dict(HEAD, itm_train_pairs=0))
+
+    # Grounding the first three expressions only: their boxes, scored against the first three gold boxes.
+    model.config.grounding_config.expression_train_pairs = 3
+    part = model.train()(**inputs)
+    assert part.pred_boxes.shape == (3, 4) and part.expression_attention.shape[0] == 3
+    torch.testing.assert_close(part.pred_boxes, full.pred_boxes[:3])
+    _, terms = compute_losses(part, batch, model, {"box_loss": 1.0, "attention_mass_loss": 1.0})
+    torch.testing.assert_close(terms["box_loss"], box_loss(part.pred_boxes, boxes[:3]))
+    assert model.eval()(**inputs).pred_boxes.shape == (4, 4)
+
+
+def test_the_head_adds_its_own_embedding_of_each_token_and_trains_it():
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, token_embeddings=True, detach_towers=True)))
+    head = model.grounding_head
+    assert head.token_embedding.weight.shape == (50, HEAD["hidden_size"])
+    states = torch.randn(2, 3, model.config.text_config.hidden_size)
+    ids = torch.tensor([[5, 6, 7], [7, 7, 8]])
+    torch.testing.assert_close(head.encode_text(states, ids), head.text_in(states) + head.token_embedding.weight[ids])
+    with pytest.raises(ValueError, match="pass the texts' input_ids"):
+        head.encode_text(states)
+    inputs = _inputs()
+    out = model(**inputs)
+    out.pred_boxes.sum().backward()
+    grad = head.token_embedding.weight.grad
+    used = torch.zeros(50, dtype=torch.bool)
+    used[inputs["phrase_input_ids"].flatten()] = True
+    assert (grad[used].abs().sum(-1) > 0).all() and (grad[~used] == 0).all()  # the expressions' tokens, no others
+    assert all(p.grad is None for p in model.text_model.parameters())

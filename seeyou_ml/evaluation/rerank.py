@@ -37,7 +37,7 @@ def encode_for_matching(
         encoded = processor(text=list(captions[start : start + 4 * batch_size]), return_tensors="pt", padding=True,
                             truncation=True).to(device)
         states = model.get_text_features(encoded["input_ids"], encoded["attention_mask"]).last_hidden_state
-        texts.append(head.encode_text(states).float().cpu())
+        texts.append(head.encode_text(states, encoded["input_ids"]).float().cpu())
         masks.append(encoded["attention_mask"].cpu())
     length = max(t.shape[1] for t in texts)
     text = torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in texts])  # (M, T, d)
