@@ -1,8 +1,7 @@
 """What the grounding head costs a training step: time and peak memory with the head vs without.
 
 Two models, random init, batch 16, CPU, fp32:
-- `main`: the main job's model with and without the head recipes/scenes-tiny-grounding.yaml gives it (that
-  recipe's model section, with and without its grounding_config);
+- `main`: the main job's model (recipes/scenes-tiny.yaml's model section) with and without its grounding_config;
 - `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
 A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
 attention mass + attention-IoU with it), backward and an AdamW update. Each (model, head) arm runs in its own process
@@ -37,7 +36,7 @@ def build(model_name: str, with_head: bool):
         from seeyou_ml.training.build import build_model_and_processor
         from seeyou_ml.training.config import TrainingRecipe
 
-        recipe = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "scenes-tiny-grounding.yaml")
+        recipe = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "scenes-tiny.yaml")
         if not with_head:
             recipe.model.config_overrides = {k: v for k, v in recipe.model.config_overrides.items()
                                              if k != "grounding_config"}

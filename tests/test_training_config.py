@@ -59,17 +59,15 @@ def test_a_missing_or_circular_base_recipe_is_named(tmp_path):
         TrainingRecipe.from_yaml(tmp_path / "d.yaml")
 
 
-def test_the_grounding_recipe_is_the_main_job_plus_the_head():
+def test_the_flickr30k_recipe_is_the_coco_recipe_with_its_own_corpus_and_stages():
     import dataclasses
 
-    main = TrainingRecipe.from_yaml(RECIPES / "scenes-tiny.yaml")
-    grounding = TrainingRecipe.from_yaml(RECIPES / "scenes-tiny-grounding.yaml")
-    assert grounding.data == dataclasses.replace(main.data, return_phrases=True)
-    assert grounding.stages == main.stages and grounding.optim.lr == main.optim.lr
-    overrides = dict(grounding.model.config_overrides)
-    assert overrides.pop("grounding_config")["feature_stage"] == -2
-    assert dataclasses.replace(grounding.model, config_overrides=overrides) == main.model
-    assert grounding.losses["contrastive_loss"] == main.losses["contrastive_loss"]
+    coco = TrainingRecipe.from_yaml(RECIPES / "coco-karpathy-gpu.yaml")
+    flickr = TrainingRecipe.from_yaml(RECIPES / "flickr30k-karpathy-gpu.yaml")
+    assert flickr.model == coco.model and flickr.optim == coco.optim and flickr.losses == coco.losses
+    assert flickr.data.corpus == "data/flickr30k" and flickr.data.batch_size == coco.data.batch_size
+    assert [stage.steps for stage in flickr.stages] == [1000, 6000]
+    assert dataclasses.replace(flickr.data, corpus=coco.data.corpus, corpus_kwargs=coco.data.corpus_kwargs) == coco.data
 
 
 def test_overrides_dotted_bare_and_into_lists_and_mappings():

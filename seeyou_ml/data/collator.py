@@ -147,16 +147,25 @@ class SeeYouCollator:
                 f"{list(_REQUIRED_KEYS)} (load corpora with load_corpus to get the common schema)."
             )
 
-    def _phrase(self, index: int, record: Mapping[str, Any], size: tuple[int, int]) -> tuple[str, torch.Tensor]:
-        """The record's referring expression and its first box as `(cx, cy, w, h)` in [0, 1] of the processed image."""
+    @staticmethod
+    def _phrase(index: int, record: Mapping[str, Any]) -> tuple[str, Sequence[float]]:
+        """The record's referring expression and its first box, in the input image's pixels."""
         phrase, boxes = record.get("phrase"), record.get("boxes")
         if not phrase or not boxes:
             raise ValueError(
                 f"record {index} of the batch (image_id {record.get('image_id')!r}) has no referring expression "
                 "(`phrase` and `boxes`); return_phrases needs both in every record (the scenes corpus has them)."
             )
-        box = boxes_to_processed(self.processor.image_processor, boxes[:1], *size, normalized=True)[0]
-        return phrase, box_xyxy_to_cxcywh(box)
+        return phrase, boxes[0]
+
+    def _phrase_boxes(self, boxes: list[Sequence[float]], sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """(B, 4) `(cx, cy, w, h)` in [0, 1] of the processed images, mapped once per distinct input size."""
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)  # (B, 4) x0, y0, x1, y1 in input pixels
+        out = torch.empty_like(boxes)
+        for size in dict.fromkeys(sizes):
+            rows = [i for i, s in enumerate(sizes) if s == size]
+            out[rows] = boxes_to_processed(self.processor.image_processor, boxes[rows], *size, normalized=True)
+        return box_xyxy_to_cxcywh(out)
 
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Collates records.
@@ -188,7 +197,7 @@ class SeeYouCollator:
             if self.return_boxes:
                 boxes.append(boxes_to_processed(self.processor.image_processor, record.get("boxes"), *size))
             if self.return_phrases:
-                phrase, box = self._phrase(index, record, size)
+                phrase, box = self._phrase(index, record)
                 phrases.append(phrase)
                 phrase_boxes.append(box)
             images.append(image)
@@ -215,7 +224,7 @@ class SeeYouCollator:
             batch["boxes"] = boxes
         if self.return_phrases:
             batch["phrase_input_ids"], batch["phrase_attention_mask"] = self._encode_texts(phrases)
-            batch["phrase_boxes"] = torch.stack(phrase_boxes)  # (B, 4)
+            batch["phrase_boxes"] = self._phrase_boxes(phrase_boxes, sizes)  # (B, 4)
         if self.mixup is not None:
             batch["pixel_values"], batch["mixup_targets"] = self.mixup(batch["pixel_values"])
         if self.channels_last:
