@@ -406,7 +406,7 @@ def itm_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor) -> to
 # step)
 # and whatever else the model returned, and `batch` is the collated batch. Terms marked `embeddings_only=False` need the
 # model's full output and cannot run with GradCache sub-batching. The recipe's `losses:` section gives every term a
-# weight and the step at which it starts (any object with `weight` and `start_step`).
+# weight and the step at which it starts (any object with `weight` and `start_step`, and optionally `every`).
 
 
 LossTermConfig = Any  # a recipe's loss section: anything with `weight` and `start_step`
@@ -577,8 +577,13 @@ def check_loss_terms(
 
 
 def active_weights(losses: Mapping[str, LossTermConfig], step: int) -> dict[str, float]:
-    """Weights of the terms that count at optimizer step `step` (those whose `start_step` has come)."""
-    return {name: term.weight for name, term in losses.items() if step >= term.start_step}
+    """Weights of the terms that count at optimizer step `step`: those whose `start_step` has come, at every
+    `every`-th step from it where a term has `every` (every step where it has not)."""
+    return {
+        name: term.weight
+        for name, term in losses.items()
+        if step >= term.start_step and (step - term.start_step) % getattr(term, "every", 1) == 0
+    }
 
 
 def compute_losses(

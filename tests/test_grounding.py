@@ -317,3 +317,13 @@ def test_the_head_adds_its_own_embedding_of_each_token_and_trains_it():
     used[inputs["phrase_input_ids"].flatten()] = True
     assert (grad[used].abs().sum(-1) > 0).all() and (grad[~used] == 0).all()  # the expressions' tokens, no others
     assert all(p.grad is None for p in model.text_model.parameters())
+
+
+def test_output_grounding_false_skips_the_head():
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD))
+    skipped = model(**_inputs(), output_grounding=False)
+    assert skipped.itm_logits is None and skipped.pred_boxes is None
+    full = model(**_inputs())
+    torch.testing.assert_close(skipped.logits_per_text, full.logits_per_text)
+    assert full.itm_logits is not None

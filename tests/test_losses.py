@@ -289,3 +289,14 @@ def test_hard_negatives_of_two_processes_equal_one_process(tmp_path):
     torch.testing.assert_close(got_image, want_image)
     torch.testing.assert_close(got_text, want_text)
     assert (ids[got_image] != ids[rows]).all() and (ids[got_text] != ids[rows]).all()
+
+
+def test_a_term_counts_from_its_start_step_at_every_every_th_step():
+    from seeyou_ml.losses import active_weights
+    from seeyou_ml.training.config import LossTermConfig
+
+    losses = {"contrastive_loss": LossTermConfig(), "box_loss": LossTermConfig(weight=2.0, start_step=3, every=2)}
+    counted = [step for step in range(10) if "box_loss" in active_weights(losses, step)]
+    assert counted == [3, 5, 7, 9]
+    assert active_weights(losses, 5) == {"contrastive_loss": 1.0, "box_loss": 2.0}
+    assert active_weights(losses, 6) == {"contrastive_loss": 1.0}

@@ -247,6 +247,11 @@ class LossTermConfig:
         default=0, metadata={"ge": 0, "help": "First optimizer step at which the term counts (a schedule position with "
                                      "schedule_by: time, like the stages' steps)."}
     )
+    every: int = field(
+        default=1, metadata={"ge": 1, "help": "The term counts at every `every`-th step from its start (1: at every "
+                                              "step). The trainer runs the grounding head only at the steps where "
+                                              "one of its terms counts, so its terms `every: 2` halve its cost."}
+    )
 
 
 @dataclass
