@@ -320,8 +320,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
             phrase_attention_mask: (B, P) mask of `phrase_input_ids`.
             phrase_token_mask: (B, T), 1 on the caption tokens of a referring span; used when no `phrase_input_ids`
                 are given.
-            output_grounding: run the grounding head, where the model has one; `False` skips it (the trainer does
-                in the steps before the head's losses start).
+            output_grounding: run the grounding head, where the model has one; `False` skips it (the trainer does at
+                the steps where none of the head's loss terms counts).
 
         Returns:
             [`SeeYouOutput`].

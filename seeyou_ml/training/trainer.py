@@ -466,7 +466,7 @@ class Trainer:
             cached = cache_embeddings(self.unwrapped, batch, self.sub_batch_size, accelerator.autocast)
             outputs = cached.embeddings
         else:
-            # The grounding head runs only once one of its losses has started.
+            # The grounding head runs only at the steps where one of its loss terms counts.
             self.head_active = any("grounding_head" in LOSS_TERMS[name].needs for name in weights)
             outputs = self.forward_batch(batch)
         total, terms = compute_losses(outputs, batch, self.unwrapped, weights)
