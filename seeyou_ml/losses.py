@@ -576,13 +576,14 @@ def check_loss_terms(
                              "data.sub_batch_size (GradCache); remove sub_batch_size or those terms.")
 
 
-def active_weights(losses: Mapping[str, LossTermConfig], step: int) -> dict[str, float]:
-    """Weights of the terms that count at optimizer step `step`: those whose `start_step` has come, at every
-    `every`-th step from it where a term has `every` (every step where it has not)."""
+def active_weights(losses: Mapping[str, LossTermConfig], step: float) -> dict[str, float]:
+    """Weights of the terms that count at schedule position `step` (the optimizer step, or a fractional position with
+    `schedule_by: time`): those whose `start_step` has come, at every `every`-th whole step from it where a term has
+    `every` (every step where it has not)."""
     return {
         name: term.weight
         for name, term in losses.items()
-        if step >= term.start_step and (step - term.start_step) % getattr(term, "every", 1) == 0
+        if step >= term.start_step and int(step - term.start_step) % getattr(term, "every", 1) == 0
     }
 
 

@@ -300,3 +300,4 @@ def test_a_term_counts_from_its_start_step_at_every_every_th_step():
     assert counted == [3, 5, 7, 9]
     assert active_weights(losses, 5) == {"contrastive_loss": 1.0, "box_loss": 2.0}
     assert active_weights(losses, 6) == {"contrastive_loss": 1.0}
+    assert active_weights(losses, 5.6) == {"contrastive_loss": 1.0, "box_loss": 2.0}  # a time schedule's position
