@@ -429,10 +429,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
         # In training the head may match the first n captions only (grounding_config.itm_train_pairs); regions and
         # text stay whole for the matching loss's negatives and the referring expressions.
         n = self.config.grounding_config.itm_train_pairs if self.training else None
-        rows = slice(None, n)
         if phrase_token_mask is not None:
-            phrase_token_mask = phrase_token_mask[rows]
-        caption = head.fuse(caption_text[rows], attention_mask[rows], regions[rows], size, phrase_token_mask)
+            phrase_token_mask = phrase_token_mask[:n]
+        caption = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size, phrase_token_mask)
         expression = caption if phrase_token_mask is not None else None
         if phrase_input_ids is not None:
             if phrase_attention_mask is None:

@@ -356,7 +356,6 @@ class Trainer:
             )
         sub = recipe.data.sub_batch_size
         self.sub_batch_size = sub if sub is not None and sub < self.local_batch else None
-        self.head_active = True  # whether the grounding head runs in the next forward_batch (see training_step)
         check_loss_terms(recipe.losses, self.sub_batch_size is not None)
 
         if recipe.model.gradient_checkpointing:
@@ -466,8 +465,6 @@ class Trainer:
             cached = cache_embeddings(self.unwrapped, batch, self.sub_batch_size, accelerator.autocast)
             outputs = cached.embeddings
         else:
-            # The grounding head runs only at the steps where one of its loss terms counts.
-            self.head_active = any("grounding_head" in LOSS_TERMS[name].needs for name in weights)
             outputs = self.forward_batch(batch)
         total, terms = compute_losses(outputs, batch, self.unwrapped, weights)
 
@@ -507,7 +504,9 @@ class Trainer:
         output; a subclass may compute it otherwise (e.g. distillation, `seeyou_ml.training.adapters`)."""
         inputs = {k: batch[k] for k in FORWARD_KEYS if k in batch}
         if getattr(self.unwrapped, "grounding_head", None) is not None:
-            inputs["output_grounding"] = self.head_active
+            # The grounding head runs only at the steps where one of its loss terms counts.
+            weights = active_weights(self.recipe.losses, self.position)
+            inputs["output_grounding"] = any("grounding_head" in LOSS_TERMS[name].needs for name in weights)
         return self.model(**inputs)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
