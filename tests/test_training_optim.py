@@ -177,3 +177,29 @@ def test_the_grounding_head_has_its_own_rate_else_the_heads_else_lr():
     stage = StageConfig(grounding_lr=7.0)
     assert rates(OptimConfig(lr=1.0, grounding_lr=5.0), stage)["grounding/decay"] == 7.0
     assert rates(OptimConfig(lr=1.0, grounding_lr=5.0), StageConfig(head_lr=3.0))["grounding/decay"] == 5.0
+
+
+def test_grounding_decay_steps_hold_the_heads_peak_then_fall_in_a_line_while_the_towers_follow_the_cosine():
+    model = torch.nn.Module()
+    model.vision_model, model.text_model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    model.grounding_head = torch.nn.Linear(2, 2)
+    config = OptimConfig(lr=1.0, grounding_lr=2.0, warmup_steps=2, min_lr_ratio=0.1, grounding_decay_steps=4)
+    stages = [StageConfig(steps=10), StageConfig(name="second", steps=3)]
+    optimizer = build_optimizer(model, config)
+    schedule = StagedCosineSchedule(optimizer, stage_table(config, stages), config.min_lr_ratio)
+
+    def rates(group):
+        found = []
+        for position in range(13):
+            schedule.set_position(position)
+            found.append(next(g["lr"] for g in optimizer.param_groups if g["name"] == group))
+        return found
+
+    # warmup 1.0, 2.0; the peak until 4 steps before the stage ends; then 2 * (0.1 + 0.9 * remaining / 4)
+    first = [1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0 * (0.1 + 0.9 * 3 / 4), 2.0 * (0.1 + 0.9 * 2 / 4),
+             2.0 * (0.1 + 0.9 / 4)]
+    # a stage shorter than the decay decays over all of it after its warmup
+    second = [1.0, 2.0, 2.0 * (0.1 + 0.9 / 3)]
+    assert rates("grounding/decay") == pytest.approx(first + second)
+    cosine = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
+    assert rates("text/decay") == pytest.approx([0.5, 1.0] + cosine + [0.5, 1.0, 1.0])

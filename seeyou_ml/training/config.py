@@ -195,6 +195,13 @@ class OptimConfig:
     grounding_lr: Optional[float] = field(
         default=None, metadata={"ge": 0, "help": "Grounding head (model.grounding_head); null = head_lr, else lr."}
     )
+    grounding_decay_steps: Optional[int] = field(
+        default=None,
+        metadata={"ge": 1, "help": "null: the grounding head's rate follows each stage's warmup and cosine, as the "
+                                   "towers' do. N: after the warmup it holds its peak and falls in a straight line to "
+                                   "the cosine's floor over each stage's last N steps (warmup-stable-decay), so a head "
+                                   "whose loss terms start late learns at its full rate until near the end."},
+    )
     weight_decay: float = field(
         default=0.1, metadata={"ge": 0,
                                "help": "Decoupled weight decay; never applied to norms, biases or the logit scale."}

@@ -7,7 +7,10 @@ CLIP and OpenCLIP do the same).
 
 The schedule is a table of stages. In each stage the rate of a tower rises linearly over the stage's warmup steps to
 that stage's peak and then follows a half cosine down to `min_lr_ratio` of the peak at the stage's end (Loshchilov &
-Hutter 2017, "SGDR"). A tower frozen in a stage has rate 0 there.
+Hutter 2017, "SGDR"). A tower frozen in a stage has rate 0 there. The grounding head may instead hold its peak after the
+warmup and fall in a straight line over the stage's last `optim.grounding_decay_steps` steps (warmup-stable-decay, as
+in Hu et al. 2024, "MiniCPM"): a head whose loss terms start late then learns at its full rate, not on the towers'
+cosine tail.
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ def peak_lr(config: OptimConfig, stage: StageConfig | None, tower: str) -> float
 
 
 def stage_table(config: OptimConfig, stages: Iterable[StageConfig]) -> list[dict]:
-    """The stages as plain data: per stage its first step, length, warmup, frozen towers and peak rate per tower."""
+    """The stages as plain data: per stage its first step, length, warmup, frozen towers, peak rate per tower and the
+    towers whose rate holds its peak and decays over the stage's last steps (`{tower: steps}`)."""
     table, start = [], 0
     for stage in stages:
         if stage.steps <= 0:
@@ -137,6 +141,8 @@ def stage_table(config: OptimConfig, stages: Iterable[StageConfig]) -> list[dict
             "warmup": min(max(int(warmup), 0), stage.steps),
             "freeze": list(stage.freeze),
             "peak": {tower: peak_lr(config, stage, tower) for tower in TOWERS},
+            "decay": {"grounding": min(config.grounding_decay_steps, stage.steps)}
+            if config.grounding_decay_steps is not None else {},
         })
         start += stage.steps
     if not table:
@@ -152,11 +158,18 @@ def stage_index(table: list[dict], step: float) -> int:
     return len(table) - 1
 
 
-def lr_factor(step_in_stage: float, steps: int, warmup: int, min_lr_ratio: float) -> float:
-    """Multiplier of the peak rate: linear warmup to 1 over `warmup` steps, then cosine to `min_lr_ratio`."""
+def lr_factor(
+    step_in_stage: float, steps: int, warmup: int, min_lr_ratio: float, decay_steps: int | None = None
+) -> float:
+    """Multiplier of the peak rate: linear warmup to 1 over `warmup` steps, then cosine to `min_lr_ratio`; with
+    `decay_steps`, 1 after the warmup and a straight line to `min_lr_ratio` over the last `decay_steps` steps instead
+    (warmup-stable-decay)."""
     if step_in_stage < warmup:
         # The cap only matters between integer steps (a time-scheduled position just before the warmup's end).
         return min((step_in_stage + 1) / warmup, 1.0)
+    if decay_steps is not None:
+        remaining = min(max(steps - step_in_stage, 0.0) / max(1, decay_steps), 1.0)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * remaining
     progress = min((step_in_stage - warmup) / max(1, steps - warmup), 1.0)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -197,7 +210,8 @@ class StagedCosineSchedule(LRScheduler):
         """The rate of `tower` at optimizer step `step` (which may be fractional)."""
         stage = self.table[stage_index(self.table, step)]
         local = min(step - stage["start"], stage["steps"])
-        return stage["peak"][tower] * lr_factor(local, stage["steps"], stage["warmup"], self.min_lr_ratio)
+        factor = lr_factor(local, stage["steps"], stage["warmup"], self.min_lr_ratio, stage["decay"].get(tower))
+        return stage["peak"][tower] * factor
 
     def get_lr(self) -> list[float]:
         return [self.lr_at(self.last_epoch, group["tower"]) for group in self.optimizer.param_groups]
