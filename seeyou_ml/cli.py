@@ -209,6 +209,9 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank-top-k", type=int, default=None,
                         help="re-score each query's top k with the model's matching head and report recall before "
                              "and after (needs a grounding head)")
+    parser.add_argument("--rerank-similarity-weight", type=float, default=1.0,
+                        help="re-ranking score = matching logit + this x the dual encoder's logit of the pair "
+                             "(default: 1, BLIP's sum; 0 orders by the matching logit alone)")
 
 
 def _load_data(args: argparse.Namespace):
@@ -267,6 +270,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
         rerank_top_k=args.rerank_top_k,
+        rerank_similarity_weight=args.rerank_similarity_weight,
         **zero_shot,
     )
     results = {"model": str(args.model), "data": args.data, "split": args.split, **results}

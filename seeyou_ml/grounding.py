@@ -193,8 +193,10 @@ class GroundingHead(nn.Module):
         regions: torch.Tensor,
         region_size: tuple[int, int],
         expression_mask: torch.Tensor | None = None,
+        locate: bool = True,
     ) -> GroundingHeadOutput:
-        """Runs the fusion layers on projected inputs (see [`GroundingHead.forward`])."""
+        """Runs the fusion layers on projected inputs (see [`GroundingHead.forward`]); with `locate=False` only the
+        matching logits and the maps (no box, no expression attention), as matching alone needs."""
         text_mask = text_mask.to(text.dtype)
         expression_mask = text_mask if expression_mask is None else expression_mask.to(text.dtype) * text_mask
         maps = []
@@ -207,6 +209,8 @@ class GroundingHead(nn.Module):
         else:
             weights = text_mask / text_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
             itm_logits = self.itm((text * weights[:, :, None]).sum(1)).squeeze(-1)  # (B, T, d) -> (B, d) -> (B,)
+        if not locate:
+            return GroundingHeadOutput(itm_logits=itm_logits, cross_attentions=tuple(maps))
 
         share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
         attention = (maps[-1].mean(1) * share[:, :, None]).sum(1)  # (B, h, T, L) -> (B, T, L) -> (B, L)

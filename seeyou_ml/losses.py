@@ -506,11 +506,18 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
     head, size = model.grounding_head, outputs["region_size"]
     negative_image, negative_text = negative_image.to(text.device), negative_text.to(text.device)
-    with_other_image = head.fuse(text[:n], mask[:n], regions[negative_image], size).itm_logits  # (n,)
-    with_other_text = head.fuse(
-        all_text[negative_text], all_mask[negative_text], outputs["grounding_regions"][:n], size
-    ).itm_logits  # (n,)
-    return itm_loss(outputs["itm_logits"], torch.cat([with_other_image, with_other_text]))
+    # Both kinds of negative pair in one pass: this process's captions (padded to the global length) with their drawn
+    # images, and the drawn captions with this process's images.
+    own_text = F.pad(text[:n], (0, 0, 0, all_text.shape[1] - text.shape[1]))  # (n, T_max, d)
+    own_mask = F.pad(mask[:n].to(text.device), (0, all_text.shape[1] - text.shape[1]))  # (n, T_max)
+    negative_logits = head.fuse(
+        torch.cat([own_text, all_text[negative_text]]),
+        torch.cat([own_mask, all_mask[negative_text]]),
+        torch.cat([regions[negative_image], outputs["grounding_regions"][:n]]),
+        size,
+        locate=False,
+    ).itm_logits  # (2n,): with another image, then with another caption
+    return itm_loss(outputs["itm_logits"], negative_logits)
 
 
 def _phrase_boxes(batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:

@@ -431,7 +431,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
         n = self.config.grounding_config.itm_train_pairs if self.training else None
         if phrase_token_mask is not None:
             phrase_token_mask = phrase_token_mask[:n]
-        caption = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size, phrase_token_mask)
+        caption = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size, phrase_token_mask,
+                            locate=phrase_token_mask is not None)
         expression = caption if phrase_token_mask is not None else None
         if phrase_input_ids is not None:
             if phrase_attention_mask is None:

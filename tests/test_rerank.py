@@ -7,7 +7,7 @@ import torch
 
 from seeyou_ml import SeeYouModel
 from seeyou_ml.evaluation import evaluate_retrieval
-from seeyou_ml.evaluation.rerank import encode_for_matching, rerank_topk
+from seeyou_ml.evaluation.rerank import candidate_logits, encode_for_matching, rerank_topk
 from seeyou_ml.evaluation.retrieval import recall_from_topk
 from seeyou_ml.presets import tiny_config, tiny_processor
 
@@ -59,7 +59,7 @@ def test_reranking_the_whole_gallery_equals_brute_force_matching(head_model, tin
     torch.testing.assert_close(by_image, brute.T.argsort(dim=1, descending=True))
 
     results = evaluate_retrieval(head_model, processor, corpus, ks=(1, 4), text_to_text=False, progress=False,
-                                 rerank_top_k=4)
+                                 rerank_top_k=4, rerank_similarity_weight=0.0)
     gallery_ids = torch.arange(len(images))
     expected_to_image = recall_from_topk(brute.argsort(dim=1, descending=True), owners, gallery_ids, (1,))[1]
     expected_to_text = recall_from_topk(brute.T.argsort(dim=1, descending=True), gallery_ids, owners, (1,))[1]
@@ -83,3 +83,62 @@ def test_rerank_needs_a_head_and_a_long_enough_list(tiny_model, tiny_tokenizer, 
         evaluate_retrieval(tiny_model, processor, tiny_corpus(), text_to_text=False, progress=False, rerank_top_k=10)
     with pytest.raises(ValueError, match="rerank_top_k=2 is below the largest recall cut-off 10"):
         evaluate_retrieval(head_model, processor, tiny_corpus(), text_to_text=False, progress=False, rerank_top_k=2)
+
+
+def test_reranking_adds_the_weighted_similarity_of_the_pair(head_model, tiny_tokenizer):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    english = tiny_corpus().filter(lambda r: r["lang"] == "en")
+    images = [english[row]["image"] for row in (0, 1, 3, 4)]  # one row per image; row 2 is image 1's second caption
+    captions = list(english["caption"])
+    brute = _brute_force_logits(head_model, processor, images, captions)  # (5 captions, 4 images)
+    with torch.no_grad():
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        image_embeds = head_model.get_image_features(pixel_values).pooler_output
+        encoded = processor(text=captions, return_tensors="pt", padding=True)
+        text_embeds = head_model.get_text_features(encoded["input_ids"], encoded["attention_mask"]).pooler_output
+    similarity = text_embeds @ image_embeds.T  # (5, 4)
+    alone = (brute.argsort(dim=1, descending=True), similarity.argsort(dim=1, descending=True))
+    # A weight at which the sum's order (BLIP: matching logit + weighted similarity) is neither score's alone.
+    ratio = float(brute.std() / similarity.std())
+    for weight in (ratio * 2.0**k for k in range(-6, 7)):
+        expected = (brute + weight * similarity).argsort(dim=1, descending=True)
+        if not any(torch.equal(expected, order) for order in alone):
+            break
+    assert not any(torch.equal(expected, order) for order in alone)
+
+    gallery = encode_for_matching(head_model, processor, images, captions, batch_size=3)
+    text_topk = torch.arange(len(images)).flip(0).repeat(len(captions), 1)  # (5, 4), every image, reversed
+    prior = candidate_logits(text_embeds, image_embeds, text_topk, weight)
+    torch.testing.assert_close(rerank_topk(head_model, gallery, text_topk, text_queries=True, batch_size=2,
+                                           prior=prior), expected)
+
+
+def test_evaluation_reranks_with_the_similarity_weight(head_model, tiny_tokenizer):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+
+    def reranked(weight: float) -> dict:
+        return evaluate_retrieval(head_model, processor, tiny_corpus(), languages=["en"], ks=(1, 2, 4),
+                                  text_to_text=False, progress=False, rerank_top_k=4,
+                                  rerank_similarity_weight=weight)
+
+    metrics = [f"{direction}/R@{k}" for direction in ("text_to_image", "image_to_text") for k in (1, 2)]
+    # A weight that dwarfs the matching logits keeps the dual encoder's order, in both directions; its negative
+    # reverses the order of each list, which moves the recalls.
+    kept, reversed_ = reranked(1e9), reranked(-1e9)
+    assert [kept["reranked"]["en"][m] for m in metrics] == [kept["per_language"]["en"][m] for m in metrics]
+    assert [reversed_["reranked"]["en"][m] for m in metrics] != [kept["per_language"]["en"][m] for m in metrics]
+
+
+def test_candidate_logits_are_the_scaled_dot_products_of_the_listed_pairs():
+    queries = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    candidates = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.8, 0.6]])
+    topk = torch.tensor([[1, 2, 3], [0, 2, 1]])  # index 3 is padding (past the 3 candidates)
+    expected = torch.tensor([[1.0, 0.8, 0.0], [0.8, 0.96, 0.6]]) * 10.0
+    torch.testing.assert_close(candidate_logits(queries, candidates, topk, 10.0), expected)
+
+
+def test_rerank_prior_must_match_the_candidate_lists(head_model, tiny_tokenizer):
+    processor = tiny_processor(tiny_tokenizer, image_size=32)
+    gallery = encode_for_matching(head_model, processor, tiny_corpus()["image"][:2], ["a red circle"], batch_size=2)
+    with pytest.raises(ValueError, match=r"prior \(1, 3\) must have the shape of topk \(1, 2\)"):
+        rerank_topk(head_model, gallery, torch.tensor([[1, 0]]), text_queries=True, prior=torch.zeros(1, 3))

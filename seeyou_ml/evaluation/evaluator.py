@@ -257,10 +257,11 @@ def _image_labels(dataset, label_column: str, first_rows: list[int]) -> list[str
 
 def _reranked_recall(
     model, processor, dataset, embeddings: CorpusEmbeddings, languages: Sequence[str], ks: Sequence[int], k: int,
-    batch_size: int, chunk_size: int,
+    batch_size: int, chunk_size: int, similarity_weight: float,
 ) -> dict[str, dict[str, float]]:
     """Per-language recall after re-ranking each query's top `k` with the matching head, both directions."""
-    from .rerank import encode_for_matching, rerank_topk
+    from ..losses import logit_scale_of
+    from .rerank import candidate_logits, encode_for_matching, rerank_topk
 
     if k < max(ks):
         raise ValueError(f"rerank_top_k={k} is below the largest recall cut-off {max(ks)}; give at least {max(ks)}.")
@@ -271,6 +272,8 @@ def _reranked_recall(
         images = [dataset["image"][row] for row in first_rows]
     captions = list(read_columns(dataset, ["caption"])["caption"])
     gallery = encode_for_matching(model, processor, images, captions, batch_size)
+    with torch.no_grad():
+        scale = similarity_weight * float(logit_scale_of(model))
     results = {}
     for lang in languages:
         rows, image_rows, owners = _language_subset(embeddings, lang)
@@ -281,8 +284,12 @@ def _reranked_recall(
             "regions": gallery["regions"][image_rows], "region_size": gallery["region_size"],
             "text": gallery["text"][rows], "mask": gallery["mask"][rows],
         }
-        text_topk = rerank_topk(model, subset, text_topk, text_queries=True, batch_size=batch_size)
-        image_topk = rerank_topk(model, subset, image_topk, text_queries=False, batch_size=batch_size)
+        texts, images_of_lang = embeddings.text_embeds[rows], embeddings.image_embeds[image_rows]
+        text_prior = candidate_logits(texts, images_of_lang, text_topk, scale)
+        image_prior = candidate_logits(images_of_lang, texts, image_topk, scale)
+        text_topk = rerank_topk(model, subset, text_topk, text_queries=True, batch_size=batch_size, prior=text_prior)
+        image_topk = rerank_topk(model, subset, image_topk, text_queries=False, batch_size=batch_size,
+                                 prior=image_prior)
         gallery_ids = torch.arange(len(image_rows))
         to_image = recall_from_topk(text_topk, owners, gallery_ids, ks)
         to_text = recall_from_topk(image_topk, gallery_ids, owners, ks)
@@ -306,6 +313,7 @@ def evaluate_retrieval(
     progress: bool = True,
     compare_adapters: bool = True,
     rerank_top_k: int | None = None,
+    rerank_similarity_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Per-language retrieval, cross-lingual text→text retrieval and zero-shot classification (module docstring).
 
@@ -327,6 +335,8 @@ def evaluate_retrieval(
         rerank_top_k: re-score the dual encoder's top k candidates of every query with the grounding head's matching
             logit, both directions (see `seeyou_ml.evaluation.rerank`); adds `reranked` (`{lang: {metric: value}}`)
             and `reranked_mean` beside the dual encoder's recalls.
+        rerank_similarity_weight: the re-ranking score is the matching logit plus this times the dual encoder's
+            logit of the pair (1, BLIP's sum; 0, the matching logit alone as in ALBEF).
 
     Returns:
         A JSON-serialisable dict: `languages`, `num_images`, `num_captions`, `per_language` (`{lang: {metric:
@@ -375,7 +385,7 @@ def evaluate_retrieval(
                                                         4 * batch_size, chunk_size, progress)
     if rerank_top_k is not None:
         results["reranked"] = _reranked_recall(model, processor, dataset, embeddings, languages, ks, rerank_top_k,
-                                               batch_size, chunk_size)
+                                               batch_size, chunk_size, rerank_similarity_weight)
         results["reranked_mean"] = _mean(list(results["reranked"].values()))
     if text_to_text and len(languages) > 1:
         matrices = text_to_text_recall(embeddings, languages, ks, chunk_size)

@@ -1,5 +1,10 @@
 """Re-ranking the dual encoder's top-k candidates with the grounding head's image-text matching logit (BLIP-style).
 
+A candidate's new score is its matching logit plus `similarity_weight` times the dual encoder's logit of the pair
+(`scale * cosine`, what the contrastive loss reads). BLIP (Li et al. 2022) adds the two (weight 1); ALBEF orders by
+the matching logit alone (weight 0). With the sum, a matching head that separates the pairs less well than the dual
+encoder's similarity leaves its order mostly as it was instead of shuffling it.
+
 The gallery's images are encoded once into the head's regions (N x H*W x d) and the captions once into its token
 states; each query's k candidates are then scored pair by pair, `batch_size` queries at a time. Memory is linear in
 the gallery (regions and token states) plus `batch_size * k` pairs, never quadratic.
@@ -52,8 +57,9 @@ def rerank_topk(
     topk: torch.Tensor,
     text_queries: bool,
     batch_size: int = 64,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reorders each query's candidates by the matching logit of the pair.
+    """Reorders each query's candidates by the matching logit of the pair, plus a prior score where given.
 
     Args:
         model: the model whose `grounding_head` scores the pairs.
@@ -61,10 +67,14 @@ def rerank_topk(
         topk: (Q, k) candidate indices, best first; padding entries (an index past the candidates) stay last.
         text_queries: whether the queries are captions (candidates images) or images (candidates captions).
         batch_size: queries scored at once (`batch_size * k` pairs).
+        prior: (Q, k) scores added to the matching logits, e.g. the dual encoder's weighted logits of the pairs
+            ([`candidate_logits`]); `None` orders by the matching logit alone.
 
     Returns:
-        (Q, k) the same candidates, ordered by matching logit, highest first.
+        (Q, k) the same candidates, ordered by score, highest first.
     """
+    if prior is not None and prior.shape != topk.shape:
+        raise ValueError(f"prior {tuple(prior.shape)} must have the shape of topk {tuple(topk.shape)}.")
     head = model.grounding_head
     device = next(model.parameters()).device
     regions, text, mask = encoded["regions"], encoded["text"], encoded["mask"]
@@ -78,12 +88,34 @@ def rerank_topk(
         text_index = (queries if text_queries else candidates).clamp(max=len(text) - 1).flatten()
         logits = head.fuse(
             text[text_index].to(device), mask[text_index].to(device), regions[image_index].to(device),
-            encoded["region_size"],
+            encoded["region_size"], locate=False,
         ).itm_logits.float().cpu().view(candidates.shape)  # (q * k,) -> (q, k)
+        if prior is not None:
+            logits = logits + prior[start : start + batch_size].float()
         logits = logits.masked_fill(~valid, float("-inf"))
         order = logits.argsort(dim=1, descending=True, stable=True)
         reranked.append(candidates.gather(1, order))
     return torch.cat(reranked)
 
 
-__all__ = ["encode_for_matching", "rerank_topk"]
+def candidate_logits(
+    query_embeds: torch.Tensor, candidate_embeds: torch.Tensor, topk: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The dual encoder's logits `scale * <query, candidate>` of each query's top-k candidates.
+
+    Args:
+        query_embeds: (Q, D) normalised embeddings of the queries.
+        candidate_embeds: (C, D) normalised embeddings of the candidates.
+        topk: (Q, k) candidate indices; padding entries (an index past the candidates) get 0.
+        scale: the inverse temperature (e.g. `model.scale()`); 0 gives all zeros.
+
+    Returns:
+        (Q, k) float32 logits.
+    """
+    valid = topk < len(candidate_embeds)
+    chosen = candidate_embeds.float()[topk.clamp(max=len(candidate_embeds) - 1)]  # (Q, k, D)
+    logits = scale * torch.einsum("qd,qkd->qk", query_embeds.float(), chosen)
+    return logits.masked_fill(~valid, 0.0)
+
+
+__all__ = ["candidate_logits", "encode_for_matching", "rerank_topk"]
