@@ -135,6 +135,7 @@ def test_candidate_logits_are_the_scaled_dot_products_of_the_listed_pairs():
     topk = torch.tensor([[1, 2, 3], [0, 2, 1]])  # index 3 is padding (past the 3 candidates)
     expected = torch.tensor([[1.0, 0.8, 0.0], [0.8, 0.96, 0.6]]) * 10.0
     torch.testing.assert_close(candidate_logits(queries, candidates, topk, 10.0), expected)
+    torch.testing.assert_close(candidate_logits(queries, candidates, topk, 10.0, chunk_size=1), expected)
 
 
 def test_rerank_prior_must_match_the_candidate_lists(head_model, tiny_tokenizer):

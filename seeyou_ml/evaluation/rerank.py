@@ -99,7 +99,8 @@ def rerank_topk(
 
 
 def candidate_logits(
-    query_embeds: torch.Tensor, candidate_embeds: torch.Tensor, topk: torch.Tensor, scale: float
+    query_embeds: torch.Tensor, candidate_embeds: torch.Tensor, topk: torch.Tensor, scale: float,
+    chunk_size: int = 1024,
 ) -> torch.Tensor:
     """The dual encoder's logits `scale * <query, candidate>` of each query's top-k candidates.
 
@@ -108,13 +109,18 @@ def candidate_logits(
         candidate_embeds: (C, D) normalised embeddings of the candidates.
         topk: (Q, k) candidate indices; padding entries (an index past the candidates) get 0.
         scale: the inverse temperature (e.g. `model.scale()`); 0 gives all zeros.
+        chunk_size: queries gathered at once (`chunk_size * k * D` floats).
 
     Returns:
         (Q, k) float32 logits.
     """
     valid = topk < len(candidate_embeds)
-    chosen = candidate_embeds.float()[topk.clamp(max=len(candidate_embeds) - 1)]  # (Q, k, D)
-    logits = scale * torch.einsum("qd,qkd->qk", query_embeds.float(), chosen)
+    index = topk.clamp(max=len(candidate_embeds) - 1)
+    logits = torch.empty(topk.shape, dtype=torch.float32)
+    for start in range(0, len(topk), chunk_size):
+        rows = slice(start, start + chunk_size)
+        chosen = candidate_embeds[index[rows]].float()  # (q, k, D)
+        logits[rows] = scale * torch.einsum("qd,qkd->qk", query_embeds[rows].float(), chosen)
     return logits.masked_fill(~valid, 0.0)
 
 
