@@ -10,6 +10,8 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
+import torch
+
 from .config import TrainingRecipe
 from .trainer import TrainOutput
 
@@ -46,10 +48,15 @@ def run(config: str, overrides: Sequence[str] = (), print_recipe: bool = False) 
     # The run's own decisions (precision, resume, checkpoints) are shown; other libraries stay at warnings.
     logging.getLogger("seeyou_ml.training").setLevel(logging.INFO)
     trainer = build_trainer(recipe)
-    output = trainer.train()
-    if trainer.accelerator.is_main_process:
-        print_summary(output)
-        _grounding_grid(trainer)
+    try:
+        output = trainer.train()
+        if trainer.accelerator.is_main_process:
+            print_summary(output)
+            _grounding_grid(trainer)
+    finally:
+        # A process group left for the interpreter's exit to tear down can abort a process (SIGABRT) after its work.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return output
 
 
