@@ -198,7 +198,6 @@ class GroundingHead(nn.Module):
         """Runs the fusion layers on projected inputs (see [`GroundingHead.forward`]); with `locate=False` only the
         matching logits and the maps (no box, no expression attention), as matching alone needs."""
         text_mask = text_mask.to(text.dtype)
-        expression_mask = text_mask if expression_mask is None else expression_mask.to(text.dtype) * text_mask
         maps = []
         for layer in self.layers:
             text, weights = layer(text, text_mask, regions)
@@ -212,6 +211,7 @@ class GroundingHead(nn.Module):
         if not locate:
             return GroundingHeadOutput(itm_logits=itm_logits, cross_attentions=tuple(maps))
 
+        expression_mask = text_mask if expression_mask is None else expression_mask.to(text.dtype) * text_mask
         share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
         attention = (maps[-1].mean(1) * share[:, :, None]).sum(1)  # (B, h, T, L) -> (B, T, L) -> (B, L)
         centres = cell_centres(*region_size, attention.device, attention.dtype)  # (L, 2)

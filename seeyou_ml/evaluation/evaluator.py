@@ -272,8 +272,7 @@ def _reranked_recall(
         images = [dataset["image"][row] for row in first_rows]
     captions = list(read_columns(dataset, ["caption"])["caption"])
     gallery = encode_for_matching(model, processor, images, captions, batch_size)
-    with torch.no_grad():
-        scale = similarity_weight * float(logit_scale_of(model))
+    scale = similarity_weight * float(logit_scale_of(model).detach())
     results = {}
     for lang in languages:
         rows, image_rows, owners = _language_subset(embeddings, lang)
