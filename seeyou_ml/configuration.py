@@ -53,6 +53,11 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             The box's centre starts from the centroid of the expression's attention raised to this power (and
             renormalised), then moves by a learned offset. 1 is the plain centroid; higher powers follow the map's peak
             and ignore the mass it leaves on other objects, which otherwise pulls the centre between them.
+        reference_window (`int`, *optional*):
+            Take that centroid over the cells within this many rows and columns of the map's peak cell only (1: its
+            3 x 3 neighbourhood): the mass on other objects (a relational expression's landmark) then cannot pull the
+            centre away, and within the window a mild power keeps the centroid between cells, where an object's
+            centre usually lies. `None` takes it over the whole map.
         detach_towers (`bool`, *optional*, defaults to `False`):
             Stop the head's gradients at the towers' outputs, so that its losses train the head alone and the
             towers keep the space the contrastive loss shapes (small towers trained from scratch lose retrieval
@@ -93,6 +98,7 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     num_position_frequencies: int = 8
     itm_pooling: str = "mean"
     reference_sharpness: float = 1.0
+    reference_window: int | None = None
     detach_towers: bool = False
     token_embeddings: bool = False
     itm_train_pairs: int | None = None
@@ -109,6 +115,9 @@ class SeeYouGroundingConfig(PreTrainedConfig):
         if not self.reference_sharpness > 0:
             raise ValueError(f"grounding_config.reference_sharpness must be > 0, got {self.reference_sharpness}; 1 "
                              "takes the attention's plain centroid as the box's reference point.")
+        if self.reference_window is not None and self.reference_window < 0:
+            raise ValueError(f"grounding_config.reference_window must be >= 0, got {self.reference_window}; None takes "
+                             "the reference centroid over the whole map.")
         if self.itm_pooling not in ("mean", "cls"):
             raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
         for name in ("itm_train_pairs", "expression_train_pairs"):

@@ -8,7 +8,8 @@ regions and an FFN (pre-norm). Three readouts:
 - an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`);
 - a box `(cx, cy, w, h)` in [0, 1] for a referring expression: its centre is the attention centroid of the
   expression's tokens in the last layer (a reference point, as Deformable DETR's; sharpened towards the map's peak by
-  `reference_sharpness`) moved by a learned offset, its size regressed from the tokens' mean state;
+  `reference_sharpness`, and taken around the peak by `reference_window`) moved by a learned offset, its size
+  regressed from the tokens' mean state;
 - the cross-attention maps of every layer, `(B, heads, T, H*W)`.
 
 [`ground`] turns the readouts into boxes in an image's pixels; [`resolve_reference`] finds the referring spans of a
@@ -79,6 +80,34 @@ def cell_centres(height: int, width: int, device: torch.device, dtype: torch.dty
     xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
     return torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)
+
+
+def reference_point(
+    attention: torch.Tensor, region_size: tuple[int, int], sharpness: float = 1.0, window: int | None = None
+) -> torch.Tensor:
+    """The centroid of attention maps over their grid's cell centres: the box's reference point.
+
+    Args:
+        attention: (B, H*W) maps, rows of the grid first.
+        region_size: `(H, W)` of the grid.
+        sharpness: the maps are raised to this power (and renormalised) first; higher follows the peak more.
+        window: only the cells within this many rows and columns of each map's peak cell count; `None`, every cell.
+
+    Returns:
+        (B, 2) `(x, y)` in [0, 1].
+    """
+    height, width = region_size
+    focus = attention.clamp(min=1e-9)
+    if sharpness != 1.0:
+        focus = focus**sharpness
+    if window is not None:
+        peak = attention.argmax(dim=-1)  # (B,)
+        rows = torch.arange(height, device=attention.device)[None, :] - (peak // width)[:, None]  # (B, H)
+        cols = torch.arange(width, device=attention.device)[None, :] - (peak % width)[:, None]  # (B, W)
+        near = (rows.abs() <= window)[:, :, None] & (cols.abs() <= window)[:, None, :]  # (B, H, W)
+        focus = focus * near.flatten(1)
+    focus = focus / focus.sum(-1, keepdim=True)  # (B, H*W)
+    return focus @ cell_centres(height, width, attention.device, attention.dtype)
 
 
 def position_code(centres: torch.Tensor, num_frequencies: int) -> torch.Tensor:
@@ -214,12 +243,9 @@ class GroundingHead(nn.Module):
         expression_mask = text_mask if expression_mask is None else expression_mask.to(text.dtype) * text_mask
         share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
         attention = (maps[-1].mean(1) * share[:, :, None]).sum(1)  # (B, h, T, L) -> (B, T, L) -> (B, L)
-        centres = cell_centres(*region_size, attention.device, attention.dtype)  # (L, 2)
-        focus = attention
-        if self.config.reference_sharpness != 1.0:
-            focus = attention.clamp(min=1e-9) ** self.config.reference_sharpness
-            focus = focus / focus.sum(-1, keepdim=True)  # (B, L), the map sharpened towards its peak
-        reference = (focus @ centres).clamp(1e-4, 1 - 1e-4)  # (B, 2), centroid of the (sharpened) attention
+        config = self.config
+        reference = reference_point(attention, region_size, config.reference_sharpness, config.reference_window)
+        reference = reference.clamp(1e-4, 1 - 1e-4)  # (B, 2)
         pooled = (text * share[:, :, None]).sum(1)  # (B, d)
         raw = self.box(pooled)  # (B, 4)
         centre = torch.sigmoid(torch.logit(reference) + raw[:, :2])
@@ -522,6 +548,7 @@ __all__ = [
     "cell_centres",
     "ground",
     "position_code",
+    "reference_point",
     "referring_spans",
     "region_grid",
     "resolve_reference",

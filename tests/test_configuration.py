@@ -28,7 +28,7 @@ def test_json_round_trip_keeps_every_field(tmp_path):
         projection_dim=24,
         projection="mlp",
         text_pooling="cls",
-        grounding_config={"num_hidden_layers": 3, "hidden_size": 48},
+        grounding_config={"num_hidden_layers": 3, "hidden_size": 48, "reference_window": 1},
     )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -40,6 +40,7 @@ def test_json_round_trip_keeps_every_field(tmp_path):
     assert isinstance(loaded.grounding_config, SeeYouGroundingConfig)
     assert (loaded.grounding_config.num_hidden_layers, loaded.grounding_config.hidden_size) == (3, 48)
     assert saved["grounding_config"]["num_hidden_layers"] == 3
+    assert loaded.grounding_config.reference_window == 1
 
 
 def test_a_config_without_a_head_round_trips_to_none(tmp_path):
@@ -54,6 +55,7 @@ def test_a_config_without_a_head_round_trips_to_none(tmp_path):
         ({"hidden_size": 30, "num_attention_heads": 4}, "not a multiple of num_attention_heads"),
         ({"num_hidden_layers": 0}, "grounding_config=None"),
         ({"feature_stage": 1}, "counts stages from the end"),
+        ({"reference_window": -1}, "reference_window must be >= 0, got -1"),
     ],
 )
 def test_bad_grounding_settings_name_the_field(grounding, message):

@@ -123,7 +123,8 @@ def test_detached_towers_get_no_gradient_from_the_head():
 
 def test_save_and_load_with_a_head_and_a_checkpoint_without_one(tmp_path):
     torch.manual_seed(0)
-    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD)).eval()
+    head = dict(HEAD, reference_window=1)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=head)).eval()
     model.save_pretrained(tmp_path / "head")
     assert (tmp_path / "head" / "model.safetensors").exists()
     loaded, info = SeeYouModel.from_pretrained(tmp_path / "head", output_loading_info=True)
@@ -246,6 +247,41 @@ def test_the_box_centre_starts_from_the_sharpened_attention_centroid(sharpness):
     plain = out.expression_attention @ cell_centres(*out.region_size, focus.device, focus.dtype)
     gap = (out.pred_boxes[:, :2] - plain).abs().max().item()
     assert gap < 1e-6 if sharpness == 1.0 else gap > 1e-3  # sharpened, it moves off the plain centroid
+
+
+def test_the_reference_point_is_the_centroid_of_the_cells_around_the_peak_within_its_window():
+    from seeyou_ml.grounding import cell_centres, reference_point
+
+    attention = torch.full((4, 4), 0.01)
+    attention[1, 1], attention[1, 2], attention[3, 3] = 0.4, 0.2, 0.26  # the peak, a neighbour, a far object
+    attention = (attention / attention.sum()).flatten()[None]  # (1, 16), rows first
+    # Window 0: the peak cell's centre, (1.5 / 4, 1.5 / 4).
+    torch.testing.assert_close(reference_point(attention, (4, 4), window=0), torch.tensor([[0.375, 0.375]]))
+    # Window 1: rows and columns 0-2 around the peak; the far object at (3, 3) is left out.
+    inside = [(r, c) for r in range(3) for c in range(3)]
+    grid = attention.view(4, 4)
+    mass = sum(grid[r, c] for r, c in inside)
+    x = sum(grid[r, c] * (c + 0.5) / 4 for r, c in inside) / mass
+    y = sum(grid[r, c] * (r + 0.5) / 4 for r, c in inside) / mass
+    torch.testing.assert_close(reference_point(attention, (4, 4), window=1), torch.stack([x, y])[None])
+    # A window that covers the grid, or none, is the plain centroid.
+    plain = attention @ cell_centres(4, 4, attention.device, attention.dtype)
+    torch.testing.assert_close(reference_point(attention, (4, 4), window=3), plain)
+    torch.testing.assert_close(reference_point(attention, (4, 4)), plain)
+
+
+def test_with_a_zero_reference_window_the_box_centre_starts_at_the_peak_cell():
+    from seeyou_ml.grounding import cell_centres
+
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, reference_sharpness=3.0, reference_window=0)))
+    torch.nn.init.zeros_(model.grounding_head.box[2].weight)
+    torch.nn.init.zeros_(model.grounding_head.box[2].bias)  # no learned offset: the centre is the reference point
+    out = model(**_inputs())
+    peak = out.expression_attention.argmax(-1)  # (3,)
+    expected = cell_centres(*out.region_size, peak.device, out.pred_boxes.dtype)[peak]  # (3, 2)
+    torch.testing.assert_close(out.pred_boxes[:, :2], expected)
 
 
 def test_a_non_positive_reference_sharpness_is_refused():
