@@ -116,7 +116,7 @@ def candidate_logits(
     """
     valid = topk < len(candidate_embeds)
     index = topk.clamp(max=len(candidate_embeds) - 1)
-    logits = torch.empty(topk.shape, dtype=torch.float32)
+    logits = torch.empty(topk.shape, dtype=torch.float32, device=query_embeds.device)
     for start in range(0, len(topk), chunk_size):
         rows = slice(start, start + chunk_size)
         chosen = candidate_embeds[index[rows]].float()  # (q, k, D)
