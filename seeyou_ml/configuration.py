@@ -56,8 +56,8 @@ class SeeYouGroundingConfig(PreTrainedConfig):
         reference_window (`int`, *optional*):
             Take that centroid over the cells within this many rows and columns of the map's peak cell only (1: its
             3 x 3 neighbourhood): the mass on other objects (a relational expression's landmark) then cannot pull the
-            centre away, and within the window a mild power keeps the centroid between cells, where an object's
-            centre usually lies. `None` takes it over the whole map.
+            centre away, while within the window the centroid still falls between cells, where an object's centre
+            usually lies. `None` takes it over the whole map.
         detach_towers (`bool`, *optional*, defaults to `False`):
             Stop the head's gradients at the towers' outputs, so that its losses train the head alone and the
             towers keep the space the contrastive loss shapes (small towers trained from scratch lose retrieval
