@@ -15,6 +15,7 @@ from seeyou_ml.losses import (
     attention_mass_loss,
     box_cell_coverage,
     box_loss,
+    compute_losses,
     contrastive_loss,
     gather_no_grad,
     generalized_box_iou,
@@ -289,6 +290,69 @@ def test_hard_negatives_of_two_processes_equal_one_process(tmp_path):
     torch.testing.assert_close(got_image, want_image)
     torch.testing.assert_close(got_text, want_text)
     assert (ids[got_image] != ids[rows]).all() and (ids[got_text] != ids[rows]).all()
+
+
+class _MatchingModel(torch.nn.Module):
+    """A grounding head and an inverse temperature: what the matching term reads of a model."""
+
+    def __init__(self):
+        super().__init__()
+        from seeyou_ml.configuration import SeeYouGroundingConfig
+        from seeyou_ml.grounding import GroundingHead
+
+        torch.manual_seed(0)
+        config = SeeYouGroundingConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+        self.grounding_head = GroundingHead(config, text_width=8, vision_width=8)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(5.0)))
+
+
+def _matching_inputs(model, rank: int = 0, world_size: int = 1):
+    """This process's share of a batch of 8 pairs: the outputs and batch the matching term reads, and its regions."""
+    generator = torch.Generator().manual_seed(5)
+    regions = torch.randn(8, 4, 8, generator=generator)
+    text = torch.randn(8, 5, 8, generator=generator)
+    mask = torch.ones(8, 5, dtype=torch.long)
+    mask[1::3, 3:] = 0
+    images, texts, ids = _negative_inputs()
+    rows = slice(rank * 8 // world_size, (rank + 1) * 8 // world_size)
+    regions = regions[rows].clone().requires_grad_()
+    head = model.grounding_head
+    outputs = {"itm_logits": head.fuse(text[rows], mask[rows], regions, (2, 2), locate=False).itm_logits,
+               "grounding_regions": regions, "grounding_text": text[rows], "region_size": (2, 2),
+               "image_embeds": images[rows], "text_embeds": texts[rows]}
+    batch = {"image_id": [f"img{i}" for i in ids[rows].tolist()], "attention_mask": mask[rows]}
+    return outputs, batch, regions
+
+
+def _matching_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        model = _MatchingModel()
+        outputs, batch, regions = _matching_inputs(model, rank, world_size)
+        _, terms = compute_losses(outputs, batch, model, {"itm_loss": 1.0})
+        terms["itm_loss"].backward()
+        losses = [torch.empty(()) for _ in range(world_size)]
+        dist.all_gather(losses, terms["itm_loss"].detach())
+        grads = gather_no_grad(regions.grad)
+        if rank == 0:
+            torch.save({"losses": losses, "grads": grads}, os.path.join(out_dir, "matching.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_matching_term_of_two_processes_equals_one_process(tmp_path):
+    # Each process matches its own 4 pairs, with negatives drawn from (and regions gathered over) all 8: the mean of
+    # their losses is the loss of one process holding the 8, and the regions' gradients (summed over processes, as
+    # the contrastive loss's are) are that process's.
+    mp.spawn(_matching_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    distributed = torch.load(tmp_path / "matching.pt")
+    model = _MatchingModel()
+    outputs, batch, regions = _matching_inputs(model)
+    _, terms = compute_losses(outputs, batch, model, {"itm_loss": 1.0})
+    terms["itm_loss"].backward()
+    torch.testing.assert_close(torch.stack(distributed["losses"]).mean(), terms["itm_loss"].detach())
+    torch.testing.assert_close(distributed["grads"] / 2, regions.grad)
 
 
 def test_a_term_counts_from_its_start_step_at_every_every_th_step():
