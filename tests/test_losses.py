@@ -1,3 +1,4 @@
+import contextlib
 import math
 import os
 import socket
@@ -75,10 +76,19 @@ def _projection_grads(model):
     return torch.cat([model.visual_projection.weight.grad.flatten(), model.text_projection.weight.grad.flatten()])
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+@contextlib.contextmanager
+def _process_group(rank: int, world_size: int, port: int):
+    """A gloo process group of `world_size` processes on this machine, for a worker started by `mp.spawn`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    with _process_group(rank, world_size, port):
         model = _model()
         batch = _batch(40)
         local = {k: v.chunk(world_size)[rank] for k, v in batch.items()}
@@ -91,8 +101,6 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.all_reduce(grads)
         if rank == 0:
             torch.save({"loss": reported / world_size, "grads": grads / world_size}, os.path.join(out_dir, "r.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_match_one_process_on_the_full_batch(tmp_path):
@@ -249,9 +257,7 @@ def test_negative_sampler_names_a_row_without_negatives():
 
 
 def _negatives_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with _process_group(rank, world_size, port):
         images, texts, ids = _negative_inputs()
         local = [t.chunk(world_size)[rank] for t in (images, texts, ids)]
         for name, num_rows in (("negatives", None), ("first_two", 2)):
@@ -259,8 +265,6 @@ def _negatives_worker(rank: int, world_size: int, port: int, out_dir: str) -> No
             gathered = [gather_no_grad(d) for d in drawn]
             if rank == 0:
                 torch.save(gathered, os.path.join(out_dir, f"{name}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def _negative_inputs():
@@ -325,9 +329,7 @@ def _matching_inputs(model, rank: int = 0, world_size: int = 1):
 
 
 def _matching_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with _process_group(rank, world_size, port):
         model = _MatchingModel()
         outputs, batch, regions = _matching_inputs(model, rank, world_size)
         _, terms = compute_losses(outputs, batch, model, {"itm_loss": 1.0})
@@ -337,8 +339,6 @@ def _matching_worker(rank: int, world_size: int, port: int, out_dir: str) -> Non
         grads = gather_no_grad(regions.grad)
         if rank == 0:
             torch.save({"losses": losses, "grads": grads}, os.path.join(out_dir, "matching.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_the_matching_term_of_two_processes_equals_one_process(tmp_path):
