@@ -73,6 +73,11 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             Matching fuses three caption-image pairs per caption, most of the head's cost, so a large contrastive
             batch can train it on a share while every referring expression is still grounded; `None` matches every
             caption. Evaluation and inference score every pair.
+        rank_negatives (`int`, *optional*, defaults to 7):
+            How many hard negatives each matched caption (and its image) is ranked against by the listwise matching
+            term `itm_rank_loss`: the images (captions) of other image ids that the dual encoder scores highest in the
+            whole batch. Re-ranking a top 10 asks the head to order ten near misses; 7 puts eight candidates in each
+            softmax.
         expression_train_pairs (`int`, *optional*):
             Likewise for the referring expressions: in training the head grounds the first `expression_train_pairs`
             of each process's batch (their boxes and attention maps); `None` grounds every one.
@@ -102,6 +107,7 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     detach_towers: bool = False
     token_embeddings: bool = False
     itm_train_pairs: int | None = None
+    rank_negatives: int = 7
     expression_train_pairs: int | None = None
 
     def __post_init__(self, **kwargs):
@@ -125,6 +131,9 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             if value is not None and value < 1:
                 raise ValueError(f"grounding_config.{name} must be >= 1, got {value}; None trains the head on every "
                                  "pair of the batch.")
+        if self.rank_negatives < 1:
+            raise ValueError(f"grounding_config.rank_negatives must be >= 1, got {self.rank_negatives}; it is the "
+                             "number of hard negatives itm_rank_loss ranks each positive against.")
         if self.feature_stage >= 0:
             raise ValueError(f"grounding_config.feature_stage counts stages from the end (-1 the last), got "
                              f"{self.feature_stage}.")

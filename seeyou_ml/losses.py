@@ -382,6 +382,48 @@ def hard_negative_indices(
     return negative_image[own], negative_text[own]
 
 
+def hardest_negative_indices(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_ids: torch.Tensor,
+    num_negatives: int,
+    num_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hardest negatives of this process's pairs in the global batch: for each caption the `num_negatives` images
+    of other image ids that the dual encoder scores highest, and for each image such captions.
+
+    Args:
+        image_embeds: (b, D) this process's normalised image embeddings; row i pairs with text i.
+        text_embeds: (b, D) this process's normalised text embeddings.
+        image_ids: (b,) integer image ids (texts of one image are positives of each other's image).
+        num_negatives: k, the negatives per row.
+        num_rows: the first `num_rows` pairs of each process only; `None` all b.
+
+    Returns:
+        `(negative_images_of_text, negative_texts_of_image)`: (n, k) indices into the global batch of B pairs, the
+        highest-scoring first, for this process's first n = `num_rows` (or b) pairs.
+
+    Raises:
+        ValueError: when a row has fewer than k negatives in the global batch.
+    """
+    rank, _ = distributed()
+    b = image_embeds.shape[0]
+    n = b if num_rows is None else min(num_rows, b)
+    all_images = gather_no_grad(image_embeds.detach()).float()  # (B, D)
+    all_texts = gather_no_grad(text_embeds.detach()).float()  # (B, D)
+    all_ids = gather_no_grad(image_ids)  # (B,)
+    rows = torch.arange(rank * b, rank * b + n, device=all_ids.device)  # (n,) this process's rows in the batch
+    positive = positive_pairs(all_ids[rows], all_ids)  # (n, B); positives are symmetric
+    fewest = int((~positive).sum(dim=1).min())
+    if fewest < num_negatives:
+        raise ValueError(f"a pair of the batch has {fewest} negatives (captions of other images), fewer than the "
+                         f"{num_negatives} that grounding_config.rank_negatives asks itm_rank_loss to rank it "
+                         "against; lower rank_negatives or train with larger batches.")
+    text_to_image = (all_texts[rows] @ all_images.T).masked_fill(positive, float("-inf"))  # (n, B)
+    image_to_text = (all_images[rows] @ all_texts.T).masked_fill(positive, float("-inf"))  # (n, B)
+    return text_to_image.topk(num_negatives, dim=1).indices, image_to_text.topk(num_negatives, dim=1).indices
+
+
 def itm_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of matching logits: positives labelled 1, negatives 0, averaged over all pairs.
 
@@ -480,6 +522,42 @@ def _require(outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str, ke
                          "collator the referring expressions (data.return_phrases), or drop the term from `losses:`.")
 
 
+def _negative_pair_logits(
+    outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module, negative_image: torch.Tensor,
+    negative_text: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matching logits of this process's first n captions with the (n, k) images found for them, and of their images
+    with the (n, k) captions found for them (indices into the global batch), from one pass of the head.
+
+    Returns:
+        `(caption_with_image, image_with_caption)`, (n, k) each.
+    """
+    n, k = negative_image.shape
+    regions = gather_with_grad(outputs["grounding_regions"])  # (B, L, d)
+    text = outputs["grounding_text"]
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+    mask = mask.to(text.device)
+    all_text = gather_padded(text)  # (B, T_max, d)
+    all_mask = gather_padded(mask).detach()  # (B, T_max)
+    negative_image, negative_text = negative_image.to(text.device).flatten(), negative_text.to(text.device).flatten()
+    # This process's captions (padded to the global length) with the images found for them, and the captions found
+    # for this process's images with those images: (n * k) pairs each, row i's k pairs together.
+    pad = all_text.shape[1] - text.shape[1]
+    own_text = F.pad(text[:n], (0, 0, 0, pad)).repeat_interleave(k, dim=0)  # (n * k, T_max, d)
+    own_mask = F.pad(mask[:n], (0, pad)).repeat_interleave(k, dim=0)  # (n * k, T_max)
+    own_regions = outputs["grounding_regions"][:n].repeat_interleave(k, dim=0)  # (n * k, L, d)
+    logits = model.grounding_head.fuse(
+        torch.cat([own_text, all_text[negative_text]]),
+        torch.cat([own_mask, all_mask[negative_text]]),
+        torch.cat([regions[negative_image], own_regions]),
+        outputs["region_size"],
+        locate=False,
+    ).itm_logits  # (2 * n * k,)
+    return logits[: n * k].view(n, k), logits[n * k :].view(n, k)
+
+
 @register_loss_term("itm_loss", embeddings_only=False, needs=("grounding_head",))
 def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """Image-text matching with hard negatives from the global batch (ALBEF): each caption with its own image, with
@@ -497,27 +575,32 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     negative_image, negative_text = hard_negative_indices(
         outputs["image_embeds"], outputs["text_embeds"], ids, generator, logit_scale_of(model).detach(), n
     )
-    regions = gather_with_grad(outputs["grounding_regions"])  # (B, L, d)
-    text = outputs["grounding_text"]
-    mask = batch.get("attention_mask")
-    if mask is None:
-        mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
-    all_text = gather_padded(text)  # (B, T_max, d)
-    all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
-    head, size = model.grounding_head, outputs["region_size"]
-    negative_image, negative_text = negative_image.to(text.device), negative_text.to(text.device)
-    # Both kinds of negative pair in one pass: this process's captions (padded to the global length) with their drawn
-    # images, and the drawn captions with this process's images.
-    own_text = F.pad(text[:n], (0, 0, 0, all_text.shape[1] - text.shape[1]))  # (n, T_max, d)
-    own_mask = F.pad(mask[:n].to(text.device), (0, all_text.shape[1] - text.shape[1]))  # (n, T_max)
-    negative_logits = head.fuse(
-        torch.cat([own_text, all_text[negative_text]]),
-        torch.cat([own_mask, all_mask[negative_text]]),
-        torch.cat([regions[negative_image], outputs["grounding_regions"][:n]]),
-        size,
-        locate=False,
-    ).itm_logits  # (2n,): with another image, then with another caption
-    return itm_loss(outputs["itm_logits"], negative_logits)
+    with_image, with_text = _negative_pair_logits(outputs, batch, model, negative_image[:, None], negative_text[:, None])
+    return itm_loss(outputs["itm_logits"], torch.cat([with_image[:, 0], with_text[:, 0]]))
+
+
+@register_loss_term("itm_rank_loss", embeddings_only=False, needs=("grounding_head",))
+def itm_rank_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """Listwise image-text matching, the task of re-ranking: each caption the head matched ranks its own image among
+    it and the k images of the global batch the dual encoder scores highest for it, and each of their images ranks
+    its caption likewise (k = `grounding_config.rank_negatives`); the cross-entropy of each softmax over the head's
+    logits with the true pair as the target, the two directions averaged.
+
+    Beside `itm_loss`'s one drawn negative per pair and direction, every step shows the head the k near misses the
+    dual encoder confuses most, the candidates a top-k re-ranking must order.
+    """
+    _require(outputs, batch, "itm_rank_loss", ("itm_logits", "grounding_regions", "grounding_text", "image_id"))
+    ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
+    positive = outputs["itm_logits"]  # (n,): the captions the head matched, b or the first itm_train_pairs
+    negative_image, negative_text = hardest_negative_indices(
+        outputs["image_embeds"], outputs["text_embeds"], ids, model.grounding_head.config.rank_negatives,
+        positive.shape[0],
+    )
+    with_image, with_text = _negative_pair_logits(outputs, batch, model, negative_image, negative_text)
+    target = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)
+    caption_side = F.cross_entropy(torch.cat([positive[:, None], with_image], dim=1).float(), target)
+    image_side = F.cross_entropy(torch.cat([positive[:, None], with_text], dim=1).float(), target)
+    return (caption_side + image_side) / 2
 
 
 def _phrase_boxes(batch: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
@@ -638,6 +721,7 @@ __all__ = [
     "gather_with_grad",
     "generalized_box_iou",
     "hard_negative_indices",
+    "hardest_negative_indices",
     "image_ids_to_tensor",
     "itm_loss",
     "logit_scale_of",

@@ -21,6 +21,7 @@ from seeyou_ml.losses import (
     gather_no_grad,
     generalized_box_iou,
     hard_negative_indices,
+    hardest_negative_indices,
     itm_loss,
     sample_hard_negatives,
     soft_contrastive_loss,
@@ -305,7 +306,8 @@ class _MatchingModel(torch.nn.Module):
         from seeyou_ml.grounding import GroundingHead
 
         torch.manual_seed(0)
-        config = SeeYouGroundingConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+        config = SeeYouGroundingConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                                       rank_negatives=3)
         self.grounding_head = GroundingHead(config, text_width=8, vision_width=8)
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(5.0)))
 
@@ -328,31 +330,74 @@ def _matching_inputs(model, rank: int = 0, world_size: int = 1):
     return outputs, batch, regions
 
 
-def _matching_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _matching_worker(rank: int, world_size: int, port: int, out_dir: str, term: str) -> None:
     with _process_group(rank, world_size, port):
         model = _MatchingModel()
         outputs, batch, regions = _matching_inputs(model, rank, world_size)
-        _, terms = compute_losses(outputs, batch, model, {"itm_loss": 1.0})
-        terms["itm_loss"].backward()
+        _, terms = compute_losses(outputs, batch, model, {term: 1.0})
+        terms[term].backward()
         losses = [torch.empty(()) for _ in range(world_size)]
-        dist.all_gather(losses, terms["itm_loss"].detach())
+        dist.all_gather(losses, terms[term].detach())
         grads = gather_no_grad(regions.grad)
         if rank == 0:
             torch.save({"losses": losses, "grads": grads}, os.path.join(out_dir, "matching.pt"))
 
 
-def test_the_matching_term_of_two_processes_equals_one_process(tmp_path):
-    # Each process matches its own 4 pairs, with negatives drawn from (and regions gathered over) all 8: the mean of
+@pytest.mark.parametrize("term", ["itm_loss", "itm_rank_loss"])
+def test_the_matching_terms_of_two_processes_equal_one_process(tmp_path, term):
+    # Each process matches its own 4 pairs, with negatives found in (and regions gathered over) all 8: the mean of
     # their losses is the loss of one process holding the 8, and the regions' gradients (summed over processes, as
     # the contrastive loss's are) are that process's.
-    mp.spawn(_matching_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_matching_worker, args=(2, _free_port(), str(tmp_path), term), nprocs=2, join=True)
     distributed = torch.load(tmp_path / "matching.pt")
     model = _MatchingModel()
     outputs, batch, regions = _matching_inputs(model)
-    _, terms = compute_losses(outputs, batch, model, {"itm_loss": 1.0})
-    terms["itm_loss"].backward()
-    torch.testing.assert_close(torch.stack(distributed["losses"]).mean(), terms["itm_loss"].detach())
+    _, terms = compute_losses(outputs, batch, model, {term: 1.0})
+    terms[term].backward()
+    torch.testing.assert_close(torch.stack(distributed["losses"]).mean(), terms[term].detach())
     torch.testing.assert_close(distributed["grads"] / 2, regions.grad)
+
+
+def test_hardest_negatives_are_the_highest_scoring_pairs_of_other_images():
+    images, texts, ids = _negative_inputs()  # ids 0, 1, 1, 2, 3, 4, 5, 5
+    negative_image, negative_text = hardest_negative_indices(images, texts, ids, num_negatives=3)
+    for similarity, found in ((texts @ images.T, negative_image), (images @ texts.T, negative_text)):
+        for row in range(8):
+            others = [j for j in range(8) if ids[j] != ids[row]]
+            want = sorted(others, key=lambda j: -similarity[row, j].item())[:3]
+            assert found[row].tolist() == want
+    # Each process's first rows only, still against the whole batch.
+    first_two = hardest_negative_indices(images, texts, ids, num_negatives=3, num_rows=2)
+    torch.testing.assert_close(first_two[0], negative_image[:2])
+    torch.testing.assert_close(first_two[1], negative_text[:2])
+
+
+def test_hardest_negatives_name_a_batch_with_too_few():
+    images, texts, ids = _negative_inputs()  # rows of image 1 and image 5 have 6 captions of other images
+    with pytest.raises(ValueError, match="has 6 negatives .* fewer than the 7 that grounding_config.rank_negatives"):
+        hardest_negative_indices(images, texts, ids, num_negatives=7)
+
+
+def test_the_rank_term_is_the_softmax_cross_entropy_over_each_pair_and_its_hardest_negatives():
+    model = _MatchingModel()
+    outputs, batch, _ = _matching_inputs(model)
+    _, terms = compute_losses(outputs, batch, model, {"itm_rank_loss": 1.0})
+    # Brute force: every caption-image pair of the 8 through the head, then each row's softmax over its own pair and
+    # its 3 hardest negatives, in both directions.
+    generator = torch.Generator().manual_seed(5)
+    regions, text = torch.randn(8, 4, 8, generator=generator), torch.randn(8, 5, 8, generator=generator)
+    mask = batch["attention_mask"]
+    t, i = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    logits = model.grounding_head.fuse(text[t.flatten()], mask[t.flatten()], regions[i.flatten()], (2, 2),
+                                       locate=False).itm_logits.view(8, 8)  # (caption, image)
+    images, texts, ids = _negative_inputs()
+    negative_image, negative_text = hardest_negative_indices(images, texts, ids, num_negatives=3)
+    rows = torch.arange(8)[:, None]
+    caption_side = torch.cat([logits.diagonal()[:, None], logits[rows, negative_image]], dim=1)
+    image_side = torch.cat([logits.diagonal()[:, None], logits.T[rows, negative_text]], dim=1)
+    target = torch.zeros(8, dtype=torch.long)
+    expected = (F.cross_entropy(caption_side, target) + F.cross_entropy(image_side, target)) / 2
+    torch.testing.assert_close(terms["itm_rank_loss"].detach(), expected.detach())
 
 
 def test_a_term_counts_from_its_start_step_at_every_every_th_step():
