@@ -29,19 +29,21 @@ def test_a_recipe_builds_on_its_base_recipe(tmp_path):
     (tmp_path / "bases").mkdir()
     (tmp_path / "bases" / "root.yaml").write_text(
         "name: root\nseed: 3\noptim: {lr: 1e-3, weight_decay: 0.2}\n"
-        "stages: [{name: a, steps: 5}, {name: b, steps: 6}]\nlosses: {contrastive_loss: {weight: 1.0}}\n"
+        "stages: [{name: a, steps: 5}, {name: b, steps: 6}]\n"
+        "losses: {contrastive_loss: {weight: 1.0}, box_loss: {start_step: 2}}\n"
     )
     (tmp_path / "bases" / "middle.yaml").write_text("base: root.yaml\nname: middle\noptim: {lr: 2e-3}\n")
     (tmp_path / "child.yaml").write_text(
-        "base: bases/middle.yaml\nname: child\nstages: [{steps: 9}]\nlosses: {itm_loss: {start_step: 4}}\n"
-        "max_train_seconds: null\n"
+        "base: bases/middle.yaml\nname: child\nstages: [{steps: 9}]\n"
+        "losses: {itm_loss: {start_step: 4}, box_loss: null}\nmax_train_seconds: null\n"
     )
     recipe = TrainingRecipe.from_yaml(tmp_path / "child.yaml")
     assert recipe == TrainingRecipe.from_dict({
         "name": "child", "seed": 3, "optim": {"lr": 2e-3, "weight_decay": 0.2}, "stages": [{"steps": 9}],
         "losses": {"contrastive_loss": {"weight": 1.0}, "itm_loss": {"start_step": 4}},
     })
-    # Sections merge key by key (optim keeps the root's weight decay), lists replace whole (one stage, not three).
+    # Sections merge key by key (optim keeps the root's weight decay), lists replace whole (one stage, not three), a
+    # null entry drops the base's (box_loss).
     assert (recipe.optim.lr, recipe.optim.weight_decay, recipe.total_steps) == (2e-3, 0.2, 9)
 
 

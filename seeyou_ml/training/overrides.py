@@ -130,7 +130,7 @@ def build_config(cls: type, data: Optional[dict], where: str = "") -> Any:
         if item is not None and isinstance(value, list):
             kwargs[name] = [build_config(item, v, f"{dotted}.{i}") for i, v in enumerate(value)]
         elif item is not None and isinstance(value, dict):
-            kwargs[name] = {k: build_config(item, v, f"{dotted}.{k}") for k, v in value.items()}
+            kwargs[name] = {k: build_config(item, v, f"{dotted}.{k}") for k, v in value.items() if v is not None}
         else:
             kwargs[name] = coerce_value(value, hints[name], dotted)
         check_bounds(kwargs[name], fields[name].metadata, dotted)
