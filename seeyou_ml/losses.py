@@ -575,7 +575,9 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     negative_image, negative_text = hard_negative_indices(
         outputs["image_embeds"], outputs["text_embeds"], ids, generator, logit_scale_of(model).detach(), n
     )
-    with_image, with_text = _negative_pair_logits(outputs, batch, model, negative_image[:, None], negative_text[:, None])
+    with_image, with_text = _negative_pair_logits(
+        outputs, batch, model, negative_image[:, None], negative_text[:, None]
+    )  # (n, 1) each
     return itm_loss(outputs["itm_logits"], torch.cat([with_image[:, 0], with_text[:, 0]]))
 
 
