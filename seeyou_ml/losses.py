@@ -337,6 +337,19 @@ def sample_hard_negatives(
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
+def _row_similarities(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, image_ids: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosines of some rows of the global batch (every process's pairs gathered, without a gradient): the rows' texts
+    to every image and the rows' images to every text, (R, B) float32 each, and (R, B) True where a pair shares an
+    image id (positives are symmetric)."""
+    all_images = gather_no_grad(image_embeds.detach()).float()  # (B, D)
+    all_texts = gather_no_grad(text_embeds.detach()).float()  # (B, D)
+    all_ids = gather_no_grad(image_ids)  # (B,)
+    rows = rows.to(all_ids.device)
+    return all_texts[rows] @ all_images.T, all_images[rows] @ all_texts.T, positive_pairs(all_ids[rows], all_ids)
+
+
 def hard_negative_indices(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
@@ -368,16 +381,10 @@ def hard_negative_indices(
     rank, world = distributed()
     b = image_embeds.shape[0]
     n = b if num_rows is None else min(num_rows, b)
-    all_images = gather_no_grad(image_embeds.detach())  # (B, D)
-    all_texts = gather_no_grad(text_embeds.detach())  # (B, D)
-    all_ids = gather_no_grad(image_ids)  # (B,)
-    rows = (torch.arange(world)[:, None] * b + torch.arange(n)).flatten().to(all_ids.device)  # (P * n,)
-    # (P * n, B): the drawing rows' similarity to every image, and every text's to the drawing rows' images
-    text_to_image = float(logit_scale) * (all_texts[rows].float() @ all_images.float().T)
-    image_to_text = float(logit_scale) * (all_images[rows].float() @ all_texts.float().T)
-    positive = positive_pairs(all_ids[rows], all_ids)  # (P * n, B); positives are symmetric
-    negative_image = sample_hard_negatives(text_to_image, positive, generator)  # (P * n,)
-    negative_text = sample_hard_negatives(image_to_text, positive, generator)  # (P * n,)
+    rows = (torch.arange(world)[:, None] * b + torch.arange(n)).flatten()  # (P * n,) the drawing rows
+    text_to_image, image_to_text, positive = _row_similarities(image_embeds, text_embeds, image_ids, rows)
+    negative_image = sample_hard_negatives(float(logit_scale) * text_to_image, positive, generator)  # (P * n,)
+    negative_text = sample_hard_negatives(float(logit_scale) * image_to_text, positive, generator)  # (P * n,)
     own = slice(rank * n, (rank + 1) * n)
     return negative_image[own], negative_text[own]
 
@@ -409,18 +416,15 @@ def hardest_negative_indices(
     rank, _ = distributed()
     b = image_embeds.shape[0]
     n = b if num_rows is None else min(num_rows, b)
-    all_images = gather_no_grad(image_embeds.detach()).float()  # (B, D)
-    all_texts = gather_no_grad(text_embeds.detach()).float()  # (B, D)
-    all_ids = gather_no_grad(image_ids)  # (B,)
-    rows = torch.arange(rank * b, rank * b + n, device=all_ids.device)  # (n,) this process's rows in the batch
-    positive = positive_pairs(all_ids[rows], all_ids)  # (n, B); positives are symmetric
+    rows = torch.arange(rank * b, rank * b + n)  # (n,) this process's rows in the batch
+    text_to_image, image_to_text, positive = _row_similarities(image_embeds, text_embeds, image_ids, rows)
     fewest = int((~positive).sum(dim=1).min())
     if fewest < num_negatives:
         raise ValueError(f"a pair of the batch has {fewest} negatives (captions of other images), fewer than the "
                          f"{num_negatives} that grounding_config.rank_negatives asks itm_rank_loss to rank it "
                          "against; lower rank_negatives or train with larger batches.")
-    text_to_image = (all_texts[rows] @ all_images.T).masked_fill(positive, float("-inf"))  # (n, B)
-    image_to_text = (all_images[rows] @ all_texts.T).masked_fill(positive, float("-inf"))  # (n, B)
+    text_to_image = text_to_image.masked_fill(positive, float("-inf"))  # (n, B)
+    image_to_text = image_to_text.masked_fill(positive, float("-inf"))  # (n, B)
     return text_to_image.topk(num_negatives, dim=1).indices, image_to_text.topk(num_negatives, dim=1).indices
 
 

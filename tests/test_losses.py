@@ -384,9 +384,7 @@ def test_the_rank_term_is_the_softmax_cross_entropy_over_each_pair_and_its_harde
     _, terms = compute_losses(outputs, batch, model, {"itm_rank_loss": 1.0})
     # Brute force: every caption-image pair of the 8 through the head, then each row's softmax over its own pair and
     # its 3 hardest negatives, in both directions.
-    generator = torch.Generator().manual_seed(5)
-    regions, text = torch.randn(8, 4, 8, generator=generator), torch.randn(8, 5, 8, generator=generator)
-    mask = batch["attention_mask"]
+    regions, text, mask = outputs["grounding_regions"], outputs["grounding_text"], batch["attention_mask"]
     t, i = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
     logits = model.grounding_head.fuse(text[t.flatten()], mask[t.flatten()], regions[i.flatten()], (2, 2),
                                        locate=False).itm_logits.view(8, 8)  # (caption, image)
