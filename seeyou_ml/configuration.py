@@ -49,6 +49,8 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             Which fused text state the matching logit reads: `"mean"`, the mask-aware mean of every token's state, or
             `"cls"`, the first token's (ALBEF). Within one layer the first token's cross-attention sees only its own
             query, not what the other words found, so a shallow head needs `"mean"`; `"cls"` suits deeper ones.
+            With `"cls"`, matching alone (the matching losses' negatives, re-ranking) updates only the first token in
+            the last layer, far cheaper per pair than every token.
         reference_sharpness (`float`, *optional*, defaults to 1.0):
             The box's centre starts from the centroid of the expression's attention raised to this power (and
             renormalised), then moves by a learned offset. 1 is the plain centroid; higher powers follow the map's peak

@@ -137,27 +137,43 @@ class FusionLayer(nn.Module):
         batch, length, d = x.shape
         return x.view(batch, length, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, h, L, d/h)
 
+    def attend_text(self, text: torch.Tensor, text_mask: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """Self-attention over each (T, d) text of (B, T, d) `text`, padding (0 in the (B, T) mask) masked; with
+        `first_only`, only the first token's row is updated and returned, (B, 1, d)."""
+        d = text.shape[-1]
+        q, k, v = self.self_qkv(self.self_norm(text)).chunk(3, dim=-1)
+        if first_only:
+            text, q = text[:, :1], q[:, :1]
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, h, T, d/h); q (B, h, 1, d/h) with first_only
+        # Written out: for texts of a few dozen tokens this trains several times faster on CPUs than the fused kernel,
+        # whose backward dominated the head's step (benchmarks/grounding_cost.py).
+        scores = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)  # (B, h, T, T)
+        scores = scores.masked_fill(~text_mask[:, None, None, :].bool(), torch.finfo(scores.dtype).min)
+        attended = scores.softmax(dim=-1) @ v
+        return text + self.self_out(attended.transpose(1, 2).flatten(2))  # (B, h, T, d/h) -> (B, T, d)
+
+    def region_keys(self, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention's keys and values of (B, L, d) regions, (B, heads, L, d/heads) each."""
+        keys, values = self.cross_kv(regions).chunk(2, dim=-1)
+        return self._heads(keys), self._heads(values)
+
+    def attend_regions(
+        self, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention of (B, T, d) text to its regions' keys and values, then the FFN: the updated text and the
+        (B, heads, T, L) cross-attention."""
+        q = self._heads(self.cross_q(self.cross_norm(text)))  # (B, h, T, d/h)
+        # Written out rather than with scaled_dot_product_attention: the maps are an output of the head.
+        weights = ((q / math.sqrt(q.shape[-1])) @ keys.transpose(-1, -2)).softmax(dim=-1)  # (B, h, T, L)
+        text = text + self.cross_out((weights @ values).transpose(1, 2).flatten(2))
+        text = text + self.ffn(self.ffn_norm(text))
+        return text, weights
+
     def forward(
         self, text: torch.Tensor, text_mask: torch.Tensor, regions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, d) text, (B, T) mask, (B, L, d) regions -> updated text and the (B, heads, T, L) cross-attention."""
-        batch, length, d = text.shape
-        q, k, v = self.self_qkv(self.self_norm(text)).chunk(3, dim=-1)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, h, T, d/h)
-        # Written out: for texts of a few dozen tokens this trains several times faster on CPUs than the fused kernel,
-        # whose backward dominated the head's step (benchmarks/grounding_cost.py).
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, T, T)
-        scores = scores.masked_fill(~text_mask[:, None, None, :].bool(), torch.finfo(scores.dtype).min)
-        attended = scores.softmax(dim=-1) @ v
-        text = text + self.self_out(attended.transpose(1, 2).reshape(batch, length, d))  # (B, h, T, d/h) -> (B, T, d)
-
-        q = self._heads(self.cross_q(self.cross_norm(text)))  # (B, h, T, d/h)
-        k, v = (self._heads(x) for x in self.cross_kv(regions).chunk(2, dim=-1))  # (B, h, L, d/h)
-        # Written out rather than with scaled_dot_product_attention: the maps are an output of the head.
-        weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, h, T, L)
-        text = text + self.cross_out((weights @ v).transpose(1, 2).reshape(batch, length, d))
-        text = text + self.ffn(self.ffn_norm(text))
-        return text, weights
+        return self.attend_regions(self.attend_text(text, text_mask), *self.region_keys(regions))
 
 
 class GroundingHead(nn.Module):
@@ -223,13 +239,38 @@ class GroundingHead(nn.Module):
         region_size: tuple[int, int],
         expression_mask: torch.Tensor | None = None,
         locate: bool = True,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> GroundingHeadOutput:
         """Runs the fusion layers on projected inputs (see [`GroundingHead.forward`]); with `locate=False` only the
-        matching logits and the maps (no box, no expression attention), as matching alone needs."""
+        matching logits (no box, no maps), as matching alone needs: with `itm_pooling="cls"` the last layer then
+        updates the first token only, the one the logit reads.
+
+        Text i is fused with regions i; with `pairs = (text_index, region_index)`, (P,) each, pair p is instead text
+        `text_index[p]` with regions `region_index[p]`: the first layer's self-attention, which has not seen the image
+        yet, runs once per distinct text and every layer's keys and values once per distinct image, the rest once
+        per pair. The outputs are those of fusing the P gathered pairs (up to rounding), for P pairs.
+        """
         text_mask = text_mask.to(text.dtype)
+        pair_text = pair_regions = None
+        if pairs is not None:
+            text_index, region_index = pairs
+            if expression_mask is not None:
+                expression_mask = expression_mask[text_index]
+            texts, pair_text = torch.unique(text_index, return_inverse=True)
+            images, pair_regions = torch.unique(region_index, return_inverse=True)
+            # index_select rather than indexing: its backward adds rows (index_add) instead of an accumulating
+            # index_put, several times faster on CPUs.
+            text, text_mask, regions = text.index_select(0, texts), text_mask[texts], regions.index_select(0, images)
+        first_only = not locate and self.config.itm_pooling == "cls"
         maps = []
-        for layer in self.layers:
-            text, weights = layer(text, text_mask, regions)
+        for depth, layer in enumerate(self.layers):
+            text = layer.attend_text(text, text_mask, first_only and depth == len(self.layers) - 1)
+            keys, values = layer.region_keys(regions)  # (images, h, L, d/h) each
+            if pairs is not None:
+                keys, values = keys.index_select(0, pair_regions), values.index_select(0, pair_regions)  # (P, h, L, d/h)
+                if depth == 0:  # from here on each text is a pair's, and the image changes it
+                    text, text_mask = text.index_select(0, pair_text), text_mask[pair_text]
+            text, weights = layer.attend_regions(text, keys, values)
             maps.append(weights)
         text = self.final_norm(text)
         if self.config.itm_pooling == "cls":
@@ -238,7 +279,7 @@ class GroundingHead(nn.Module):
             weights = text_mask / text_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
             itm_logits = self.itm((text * weights[:, :, None]).sum(1)).squeeze(-1)  # (B, T, d) -> (B, d) -> (B,)
         if not locate:
-            return GroundingHeadOutput(itm_logits=itm_logits, cross_attentions=tuple(maps))
+            return GroundingHeadOutput(itm_logits=itm_logits)
 
         expression_mask = text_mask if expression_mask is None else expression_mask.to(text.dtype) * text_mask
         share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)

@@ -537,27 +537,25 @@ def _negative_pair_logits(
         `(caption_with_image, image_with_caption)`, (n, k) each.
     """
     n, k = negative_image.shape
-    regions = gather_with_grad(outputs["grounding_regions"])  # (B, L, d)
+    rank, _ = distributed()
     text = outputs["grounding_text"]
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
-    mask = mask.to(text.device)
     all_text = gather_padded(text)  # (B, T_max, d)
-    all_mask = gather_padded(mask).detach()  # (B, T_max)
+    all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
+    # This process's captions with the images found for them, and the captions found for this process's images with
+    # those images, (n * k) pairs each, row i's k pairs together; each pair's caption and image indexed in the global
+    # batch, so the head attends over each caption and projects each image's regions once however many pairs use it.
+    own = (rank * text.shape[0] + torch.arange(n, device=text.device)).repeat_interleave(k)  # (n * k,)
     negative_image, negative_text = negative_image.to(text.device).flatten(), negative_text.to(text.device).flatten()
-    # This process's captions (padded to the global length) with the images found for them, and the captions found
-    # for this process's images with those images: (n * k) pairs each, row i's k pairs together.
-    pad = all_text.shape[1] - text.shape[1]
-    own_text = F.pad(text[:n], (0, 0, 0, pad)).repeat_interleave(k, dim=0)  # (n * k, T_max, d)
-    own_mask = F.pad(mask[:n], (0, pad)).repeat_interleave(k, dim=0)  # (n * k, T_max)
-    own_regions = outputs["grounding_regions"][:n].repeat_interleave(k, dim=0)  # (n * k, L, d)
     logits = model.grounding_head.fuse(
-        torch.cat([own_text, all_text[negative_text]]),
-        torch.cat([own_mask, all_mask[negative_text]]),
-        torch.cat([regions[negative_image], own_regions]),
+        all_text,
+        all_mask,
+        gather_with_grad(outputs["grounding_regions"]),  # (B, L, d)
         outputs["region_size"],
         locate=False,
+        pairs=(torch.cat([own, negative_text]), torch.cat([negative_image, own])),
     ).itm_logits  # (2 * n * k,)
     return logits[: n * k].view(n, k), logits[n * k :].view(n, k)
 

@@ -101,8 +101,52 @@ def test_the_matching_logit_reads_the_mean_of_the_fused_tokens_or_the_first_one(
 
     head.config = SeeYouConfig(grounding_config=dict(HEAD, itm_pooling="cls")).grounding_config
     torch.testing.assert_close(head.fuse(text, mask, regions, (3, 3)).itm_logits, head.itm(fused[:, 0]).squeeze(-1))
+    # Matching alone updates only the first token in the last layer: the same logit.
+    matching = head.fuse(text, mask, regions, (3, 3), locate=False)
+    torch.testing.assert_close(matching.itm_logits, head.itm(fused[:, 0]).squeeze(-1))
+    assert matching.pred_boxes is None and matching.cross_attentions is None
     with pytest.raises(ValueError, match="itm_pooling must be 'mean' or 'cls'"):
         SeeYouConfig(grounding_config=dict(HEAD, itm_pooling="max"))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_fusing_indexed_pairs_equals_fusing_the_gathered_pairs_and_matching_reads_the_first_token_alone(layers):
+    from seeyou_ml.grounding import GroundingHead
+
+    torch.manual_seed(0)
+    config = dict(HEAD, num_hidden_layers=layers)
+    head = GroundingHead(SeeYouConfig(grounding_config=config).grounding_config, text_width=16, vision_width=16)
+    text = torch.randn(3, 5, 16, requires_grad=True)
+    regions = torch.randn(4, 9, 16, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    span = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
+    # Texts and images used by several pairs, one image by none.
+    text_index, region_index = torch.tensor([2, 0, 2, 1, 0, 2]), torch.tensor([0, 0, 3, 3, 1, 0])
+    indexed = head.fuse(text, mask, regions, (3, 3), span, pairs=(text_index, region_index))
+    gathered = head.fuse(text[text_index], mask[text_index], regions[region_index], (3, 3), span[text_index])
+    torch.testing.assert_close(indexed.itm_logits, gathered.itm_logits)
+    torch.testing.assert_close(indexed.pred_boxes, gathered.pred_boxes)
+    torch.testing.assert_close(indexed.expression_attention, gathered.expression_attention)
+    assert len(indexed.cross_attentions) == layers
+    for a, b in zip(indexed.cross_attentions, gathered.cross_attentions, strict=True):
+        assert a.shape == (6, 2, 5, 9)
+        torch.testing.assert_close(a, b)
+    weights = [*head.layers.parameters(), *head.final_norm.parameters(), *head.itm.parameters(),
+               *head.box.parameters()]
+    gradients = [torch.autograd.grad(out.itm_logits.sum() + out.pred_boxes.sum(), [text, regions, *weights])
+                 for out in (indexed, gathered)]
+    for a, b in zip(*gradients, strict=True):
+        torch.testing.assert_close(a, b)
+
+    # Matching alone with a first-token readout: the logits of the whole pass, and their gradients.
+    head.config = SeeYouConfig(grounding_config=dict(config, itm_pooling="cls")).grounding_config
+    matching = head.fuse(text, mask, regions, (3, 3), locate=False, pairs=(text_index, region_index)).itm_logits
+    full = head.fuse(text[text_index], mask[text_index], regions[region_index], (3, 3)).itm_logits
+    torch.testing.assert_close(matching, full)
+    weights = [*head.layers.parameters(), *head.final_norm.parameters(), *head.itm.parameters()]
+    for a, b in zip(*(torch.autograd.grad(out.sum(), [text, regions, *weights]) for out in (matching, full)),
+                    strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_detached_towers_get_no_gradient_from_the_head():

@@ -6,7 +6,8 @@ the matching logit alone (weight 0). With the sum, a matching head that separate
 encoder's similarity leaves its order mostly as it was instead of shuffling it.
 
 The gallery's images are encoded once into the head's regions (N x H*W x d) and the captions once into its token
-states; each query's k candidates are then scored pair by pair, `batch_size` queries at a time. Memory is linear in
+states; each query's k candidates are then scored pair by pair, `batch_size` queries at a time, each distinct
+caption and image of a batch of pairs entering the head once. Memory is linear in
 the gallery (regions and token states) plus `batch_size * k` pairs, never quadratic.
 """
 
@@ -86,9 +87,13 @@ def rerank_topk(
         valid = candidates < num_candidates
         image_index = (candidates if text_queries else queries).clamp(max=len(regions) - 1).flatten()
         text_index = (queries if text_queries else candidates).clamp(max=len(text) - 1).flatten()
+        # Each distinct caption and image of the q * k pairs goes to the head once (an image query's k captions, a
+        # caption query's k images): the head attends over each caption once, not once per pair.
+        texts, text_pair = torch.unique(text_index, return_inverse=True)
+        images, image_pair = torch.unique(image_index, return_inverse=True)
         logits = head.fuse(
-            text[text_index].to(device), mask[text_index].to(device), regions[image_index].to(device),
-            encoded["region_size"], locate=False,
+            text[texts].to(device), mask[texts].to(device), regions[images].to(device), encoded["region_size"],
+            locate=False, pairs=(text_pair.to(device), image_pair.to(device)),
         ).itm_logits.float().cpu().view(candidates.shape)  # (q * k,) -> (q, k)
         if prior is not None:
             logits = logits + prior[start : start + batch_size].float()
