@@ -4,7 +4,8 @@ Two models, random init, batch 16, CPU, fp32:
 - `main`: the main job's model (recipes/scenes-tiny.yaml's model section) with and without its grounding_config;
 - `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
 A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
-attention mass + attention-IoU with it), backward and an AdamW update. Each (model, head) arm runs in its own process
+attention mass + attention-IoU with it), backward and the update of the recipe's optimizer, as the trainer runs it (the
+fused AdamW, the recipe's `keep_freed_memory`). Each (model, head) arm runs in its own process
 (so its peak RSS is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of
 each arm, the ratio of medians, and each arm's largest peak RSS.
 
@@ -29,25 +30,22 @@ BATCH = 16
 
 
 def build(model_name: str, with_head: bool):
-    """The model and the input shapes of one arm."""
+    """The model, its recipe and the input shapes of one arm."""
     from seeyou_ml import SeeYouConfig, SeeYouModel
+    from seeyou_ml.training.build import build_model_and_processor
+    from seeyou_ml.training.config import TrainingRecipe
 
     if model_name == "main":
-        from seeyou_ml.training.build import build_model_and_processor
-        from seeyou_ml.training.config import TrainingRecipe
-
         recipe = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "scenes-tiny.yaml")
         if not with_head:
             recipe.model.config_overrides = {k: v for k, v in recipe.model.config_overrides.items()
                                              if k != "grounding_config"}
         model, processor = build_model_and_processor(recipe.model)
         image_size = recipe.model.preset_kwargs.get("image_size", 64)
-        return model, image_size, len(processor.tokenizer), recipe.model.channels_last
-    from seeyou_ml.training.config import TrainingRecipe
-
-    gpu = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "coco-karpathy-gpu.yaml")
-    config = SeeYouConfig(grounding_config=gpu.model.config_overrides["grounding_config"] if with_head else None)
-    return SeeYouModel(config), 224, config.text_config.vocab_size, False
+        return model, recipe, image_size, len(processor.tokenizer), recipe.model.channels_last
+    recipe = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "coco-karpathy-gpu.yaml")
+    config = SeeYouConfig(grounding_config=recipe.model.config_overrides["grounding_config"] if with_head else None)
+    return SeeYouModel(config), recipe, 224, config.text_config.vocab_size, False
 
 
 def batch_for(vocab_size: int, image_size: int, channels_last: bool) -> dict:
@@ -69,16 +67,21 @@ def batch_for(vocab_size: int, image_size: int, channels_last: bool) -> dict:
 def child(model_name: str, with_head: bool, steps: int) -> None:
     from seeyou_ml.losses import compute_losses
 
+    from seeyou_ml.training.memory import keep_freed_memory
+    from seeyou_ml.training.optim import build_optimizer
+
     torch.manual_seed(0)
-    model, image_size, vocab_size, channels_last = build(model_name, with_head)
+    model, recipe, image_size, vocab_size, channels_last = build(model_name, with_head)
     model.train()
+    if recipe.keep_freed_memory:  # as the trainer runs the recipe
+        keep_freed_memory()
     batch = batch_for(vocab_size, image_size, channels_last)
     forward_keys = ["input_ids", "attention_mask", "pixel_values", "image_id"]
     weights = {"contrastive_loss": 1.0}
     if with_head:
         forward_keys += ["phrase_input_ids", "phrase_attention_mask"]
         weights.update(itm_loss=1.0, box_loss=1.0, attention_mass_loss=1.0, attention_iou_loss=1.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    optimizer = build_optimizer(model, recipe.optim)  # the trainer's: fused AdamW, a group per tower
     times = []
     for step in range(steps + 1):  # the first step warms up the allocator and oneDNN
         start = time.perf_counter()
