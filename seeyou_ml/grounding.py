@@ -267,7 +267,7 @@ class GroundingHead(nn.Module):
             text = layer.attend_text(text, text_mask, first_only and depth == len(self.layers) - 1)
             keys, values = layer.region_keys(regions)  # (images, h, L, d/h) each
             if pairs is not None:
-                keys, values = keys.index_select(0, pair_regions), values.index_select(0, pair_regions)  # (P, h, L, d/h)
+                keys, values = (x.index_select(0, pair_regions) for x in (keys, values))  # (P, h, L, d/h) each
                 if depth == 0:  # from here on each text is a pair's, and the image changes it
                     text, text_mask = text.index_select(0, pair_text), text_mask[pair_text]
             text, weights = layer.attend_regions(text, keys, values)

@@ -6,9 +6,9 @@ the matching logit alone (weight 0). With the sum, a matching head that separate
 encoder's similarity leaves its order mostly as it was instead of shuffling it.
 
 The gallery's images are encoded once into the head's regions (N x H*W x d) and the captions once into its token
-states; each query's k candidates are then scored pair by pair, `batch_size` queries at a time, each distinct
-caption and image of a batch of pairs entering the head once. Memory is linear in
-the gallery (regions and token states) plus `batch_size * k` pairs, never quadratic.
+states; each query's k candidates are then scored pair by pair, `batch_size` queries at a time, each distinct caption
+and image of a batch entering the head once. Memory is linear in the gallery (regions and token states) plus
+`batch_size * k` pairs, never quadratic.
 """
 
 from __future__ import annotations
