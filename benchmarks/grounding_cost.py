@@ -66,7 +66,6 @@ def batch_for(vocab_size: int, image_size: int, channels_last: bool) -> dict:
 
 def child(model_name: str, with_head: bool, steps: int) -> None:
     from seeyou_ml.losses import compute_losses
-
     from seeyou_ml.training.memory import keep_freed_memory
     from seeyou_ml.training.optim import build_optimizer
 

@@ -140,7 +140,6 @@ class FusionLayer(nn.Module):
     def attend_text(self, text: torch.Tensor, text_mask: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """Self-attention over each (T, d) text of (B, T, d) `text`, padding (0 in the (B, T) mask) masked; with
         `first_only`, only the first token's row is updated and returned, (B, 1, d)."""
-        d = text.shape[-1]
         q, k, v = self.self_qkv(self.self_norm(text)).chunk(3, dim=-1)
         if first_only:
             text, q = text[:, :1], q[:, :1]
