@@ -157,11 +157,14 @@ class FusionLayer(nn.Module):
         return self._heads(keys), self._heads(values)
 
     def attend_regions(
-        self, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+        self, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, text_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention of (B, T, d) text to its regions' keys and values, then the FFN: the updated text and the
-        (B, heads, T, L) cross-attention."""
+        (B, heads, T, L) cross-attention. With (P,) `text_index`, pair p's text is `text[text_index[p]]` (queries
+        projected once per text) and the outputs are the P pairs'."""
         q = self._heads(self.cross_q(self.cross_norm(text)))  # (B, h, T, d/h)
+        if text_index is not None:
+            text, q = text.index_select(0, text_index), q.index_select(0, text_index)  # (P, T, d), (P, h, T, d/h)
         # Written out rather than with scaled_dot_product_attention: the maps are an output of the head.
         weights = ((q / math.sqrt(q.shape[-1])) @ keys.transpose(-1, -2)).softmax(dim=-1)  # (B, h, T, L)
         text = text + self.cross_out((weights @ values).transpose(1, 2).flatten(2))
@@ -246,8 +249,8 @@ class GroundingHead(nn.Module):
 
         Text i is fused with regions i; with `pairs = (text_index, region_index)`, (P,) each, pair p is instead text
         `text_index[p]` with regions `region_index[p]`: the first layer's self-attention, which has not seen the image
-        yet, runs once per distinct text and every layer's keys and values once per distinct image, the rest once
-        per pair. The outputs are those of fusing the P gathered pairs (up to rounding), for P pairs.
+        yet, and the first cross-attention's queries run once per distinct text, every layer's keys and values once per
+        distinct image, the rest once per pair. The outputs are those of fusing the P gathered pairs (up to rounding), for P pairs.
         """
         text_mask = text_mask.to(text.dtype)
         pair_text = pair_regions = None
@@ -265,11 +268,12 @@ class GroundingHead(nn.Module):
         for depth, layer in enumerate(self.layers):
             text = layer.attend_text(text, text_mask, first_only and depth == len(self.layers) - 1)
             keys, values = layer.region_keys(regions)  # (images, h, L, d/h) each
+            text_index = None
             if pairs is not None:
                 keys, values = (x.index_select(0, pair_regions) for x in (keys, values))  # (P, h, L, d/h) each
                 if depth == 0:  # from here on each text is a pair's, and the image changes it
-                    text, text_mask = text.index_select(0, pair_text), text_mask[pair_text]
-            text, weights = layer.attend_regions(text, keys, values)
+                    text_index, text_mask = pair_text, text_mask[pair_text]
+            text, weights = layer.attend_regions(text, keys, values, text_index)
             maps.append(weights)
         text = self.final_norm(text)
         if self.config.itm_pooling == "cls":

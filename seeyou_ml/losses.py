@@ -526,15 +526,23 @@ def _require(outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str, ke
                          "collator the referring expressions (data.return_phrases), or drop the term from `losses:`.")
 
 
-def _negative_pair_logits(
+def _matched_captions(model: nn.Module, batch_size: int) -> int:
+    """How many of this process's first captions the matching terms fuse: `grounding_config.itm_train_pairs` of
+    them in training (capped at the batch), every one otherwise."""
+    share = model.grounding_head.config.itm_train_pairs if model.training else None
+    return batch_size if share is None else min(share, batch_size)
+
+
+def _matching_logits(
     outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module, negative_image: torch.Tensor,
     negative_text: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Matching logits of this process's first n captions with the (n, k) images found for them, and of their images
-    with the (n, k) captions found for them (indices into the global batch), from one pass of the head.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Matching logits of this process's first n captions with their own images, with the (n, k) images found for
+    them, and of their images with the (n, k) captions found for them (indices into the global batch), from one
+    pass of the head.
 
     Returns:
-        `(caption_with_image, image_with_caption)`, (n, k) each.
+        `(own_pair, caption_with_image, image_with_caption)`: (n,), (n, k) and (n, k).
     """
     n, k = negative_image.shape
     rank, _ = distributed()
@@ -544,10 +552,11 @@ def _negative_pair_logits(
         mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
     all_text = gather_padded(text)  # (B, T_max, d)
     all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
-    # This process's captions with the images found for them, and the captions found for this process's images with
-    # those images, (n * k) pairs each, row i's k pairs together; each pair's caption and image indexed in the global
-    # batch, so the head attends over each caption and projects each image's regions once however many pairs use it.
-    own = (rank * text.shape[0] + torch.arange(n, device=text.device)).repeat_interleave(k)  # (n * k,)
+    # This process's captions with their own images, with the images found for them, and the captions found for
+    # their images with those images: n + 2 * n * k pairs, each caption and image indexed in the global batch, so
+    # the head attends over each caption and projects each image's regions once however many pairs use it.
+    own = rank * text.shape[0] + torch.arange(n, device=text.device)  # (n,)
+    own_k = own.repeat_interleave(k)  # (n * k,) row i's k pairs together
     negative_image, negative_text = negative_image.to(text.device).flatten(), negative_text.to(text.device).flatten()
     logits = model.grounding_head.fuse(
         all_text,
@@ -555,37 +564,37 @@ def _negative_pair_logits(
         gather_with_grad(outputs["grounding_regions"]),  # (B, L, d)
         outputs["region_size"],
         locate=False,
-        pairs=(torch.cat([own, negative_text]), torch.cat([negative_image, own])),
-    ).itm_logits  # (2 * n * k,)
-    return logits[: n * k].view(n, k), logits[n * k :].view(n, k)
+        pairs=(torch.cat([own, own_k, negative_text]), torch.cat([own, negative_image, own_k])),
+    ).itm_logits  # (n + 2 * n * k,)
+    return logits[:n], logits[n : n + n * k].view(n, k), logits[n + n * k :].view(n, k)
 
 
 @register_loss_term("itm_loss", embeddings_only=False, needs=("grounding_head",))
 def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """Image-text matching with hard negatives from the global batch (ALBEF): each caption with its own image, with
-    an image drawn by similarity, and each image with a caption drawn likewise.
+    an image drawn by similarity, and each image with a caption drawn likewise, all in one pass of the head.
 
     The draws come from a generator seeded by the global batch's image ids, so every process draws the same. Where
-    the head matched only this process's first n captions (`grounding_config.itm_train_pairs`), those n captions and
-    their images get negatives, still drawn from the whole global batch.
+    the head matches only this process's first n captions in training (`grounding_config.itm_train_pairs`), those n
+    captions and their images get negatives, still drawn from the whole global batch.
     """
-    _require(outputs, batch, "itm_loss", ("itm_logits", "grounding_regions", "grounding_text", "image_id"))
+    _require(outputs, batch, "itm_loss", ("grounding_regions", "grounding_text", "image_id"))
     ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
     all_ids = gather_no_grad(ids)  # (B,)
     generator = torch.Generator().manual_seed(int(all_ids.remainder(2**31).sum()))
-    n = outputs["itm_logits"].shape[0]  # the captions the head matched: b, or the first itm_train_pairs
+    n = _matched_captions(model, ids.shape[0])
     negative_image, negative_text = hard_negative_indices(
         outputs["image_embeds"], outputs["text_embeds"], ids, generator, logit_scale_of(model).detach(), n
     )
-    with_image, with_text = _negative_pair_logits(
+    positive, with_image, with_text = _matching_logits(
         outputs, batch, model, negative_image[:, None], negative_text[:, None]
-    )  # (n, 1) each
-    return itm_loss(outputs["itm_logits"], torch.cat([with_image[:, 0], with_text[:, 0]]))
+    )  # (n,), (n, 1), (n, 1)
+    return itm_loss(positive, torch.cat([with_image[:, 0], with_text[:, 0]]))
 
 
 @register_loss_term("itm_rank_loss", embeddings_only=False, needs=("grounding_head",))
 def itm_rank_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
-    """Listwise image-text matching, the task of re-ranking: each caption the head matched ranks its own image among
+    """Listwise image-text matching, the task of re-ranking: each caption the head matches ranks its own image among
     it and the k images of the global batch the dual encoder scores highest for it, and each of their images ranks
     its caption likewise (k = `grounding_config.rank_negatives`); the cross-entropy of each softmax over the head's
     logits with the true pair as the target, the two directions averaged.
@@ -593,14 +602,13 @@ def itm_rank_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: n
     Beside `itm_loss`'s one drawn negative per pair and direction, every step shows the head the k near misses the
     dual encoder confuses most, the candidates a top-k re-ranking must order.
     """
-    _require(outputs, batch, "itm_rank_loss", ("itm_logits", "grounding_regions", "grounding_text", "image_id"))
+    _require(outputs, batch, "itm_rank_loss", ("grounding_regions", "grounding_text", "image_id"))
     ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
-    positive = outputs["itm_logits"]  # (n,): the captions the head matched, b or the first itm_train_pairs
     negative_image, negative_text = hardest_negative_indices(
         outputs["image_embeds"], outputs["text_embeds"], ids, model.grounding_head.config.rank_negatives,
-        positive.shape[0],
+        _matched_captions(model, ids.shape[0]),
     )
-    with_image, with_text = _negative_pair_logits(outputs, batch, model, negative_image, negative_text)
+    positive, with_image, with_text = _matching_logits(outputs, batch, model, negative_image, negative_text)
     target = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)
     caption_side = F.cross_entropy(torch.cat([positive[:, None], with_image], dim=1).float(), target)
     image_side = F.cross_entropy(torch.cat([positive[:, None], with_text], dim=1).float(), target)

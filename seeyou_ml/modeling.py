@@ -303,6 +303,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         phrase_attention_mask: torch.Tensor | None = None,
         phrase_token_mask: torch.Tensor | None = None,
         output_grounding: bool = True,
+        output_matching: bool = True,
     ) -> SeeYouOutput:
         """Embeds a batch of images and captions and scores every pair.
 
@@ -322,6 +323,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
                 are given.
             output_grounding: run the grounding head, where the model has one; `False` skips it (the trainer does at
                 the steps where none of the head's loss terms counts).
+            output_matching: with the head, fuse each caption with its own image for `itm_logits`; `False` leaves
+                them out (the trainer does: its matching terms fuse the own pairs in the pass of their negatives).
 
         Returns:
             [`SeeYouOutput`].
@@ -356,7 +359,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         grounding = {}
         if self.grounding_head is not None and output_grounding:
             grounding = self._ground_batch(text.last_hidden_state, input_ids, attention_mask, vision, phrase_input_ids,
-                                           phrase_attention_mask, phrase_token_mask)
+                                           phrase_attention_mask, phrase_token_mask, output_matching)
         return SeeYouOutput(
             loss=loss,
             logits_per_image=logits_per_text.T,
@@ -415,6 +418,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         phrase_input_ids: torch.Tensor | None,
         phrase_attention_mask: torch.Tensor | None,
         phrase_token_mask: torch.Tensor | None,
+        output_matching: bool = True,
     ) -> dict[str, Any]:
         """The grounding head's outputs: matching logits of the captions, and the referring expression's box and maps."""
         head = self.grounding_head
@@ -429,11 +433,12 @@ class SeeYouModel(SeeYouPreTrainedModel):
         # In training the head may match the first n captions only (grounding_config.itm_train_pairs); regions and
         # text stay whole for the matching loss's negatives and the referring expressions.
         n = self.config.grounding_config.itm_train_pairs if self.training else None
+        caption = expression = None
         if phrase_token_mask is not None:
-            phrase_token_mask = phrase_token_mask[:n]
-        caption = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size, phrase_token_mask,
-                            locate=phrase_token_mask is not None)
-        expression = caption if phrase_token_mask is not None else None
+            caption = expression = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size,
+                                             phrase_token_mask[:n])
+        elif output_matching:
+            caption = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size, locate=False)
         if phrase_input_ids is not None:
             if phrase_attention_mask is None:
                 phrase_attention_mask = torch.ones_like(phrase_input_ids)
@@ -446,7 +451,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
                 ).last_hidden_state  # (B, P, H)
             expression = head.fuse(head.encode_text(states, phrase_input_ids), phrase_attention_mask, regions[:m], size)
         outputs = {
-            "itm_logits": caption.itm_logits,
+            "itm_logits": None if caption is None else caption.itm_logits,
             "region_size": size,
             "grounding_regions": regions,
             "grounding_text": caption_text,

@@ -363,6 +363,11 @@ def test_in_training_the_head_matches_only_its_itm_train_pairs_and_grounds_every
     with_other_text = head.fuse(text[[2, 3]], mask[[2, 3]], regions[:2], size).itm_logits
     negatives = torch.cat([with_other_image, with_other_text])
     torch.testing.assert_close(terms["itm_loss"], itm_loss(out.itm_logits, negatives))
+    # As the trainer runs it: no matching pass in the forward; the term fuses the own pairs with their negatives.
+    lean = model.train()(**inputs, output_matching=False)
+    assert lean.itm_logits is None and lean.pred_boxes.shape == (4, 4)
+    _, lean_terms = compute_losses(lean, batch, model, {"itm_loss": 1.0})
+    torch.testing.assert_close(lean_terms["itm_loss"], terms["itm_loss"])
     terms["itm_loss"].backward()
     assert model.grounding_head.itm.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"itm_train_pairs must be >= 1, got 0"):

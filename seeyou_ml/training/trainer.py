@@ -507,6 +507,8 @@ class Trainer:
             # The grounding head runs only at the steps where one of its loss terms counts.
             weights = active_weights(self.recipe.losses, self.position)
             inputs["output_grounding"] = any("grounding_head" in LOSS_TERMS[name].needs for name in weights)
+            # The matching terms fuse each caption's own pair in the pass of its negatives.
+            inputs["output_matching"] = False
         return self.model(**inputs)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
