@@ -1,6 +1,6 @@
 """What the grounding head costs a training step: time and peak memory with the head vs without.
 
-Two models, random init, batch 16, CPU, fp32:
+Two models, random init, batch 16 (`--batch-size`), CPU, fp32:
 - `main`: the main job's model (recipes/scenes-tiny.yaml's model section) with and without its grounding_config;
 - `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
 A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
@@ -9,7 +9,10 @@ fused AdamW, the recipe's `keep_freed_memory`). Each (model, head) arm runs in i
 (so its peak RSS is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of
 each arm, the ratio of medians, and each arm's largest peak RSS.
 
-    python benchmarks/grounding_cost.py [--models main r50-xlmr] [--steps 5] [--rounds 2]
+    python benchmarks/grounding_cost.py [--models main r50-xlmr] [--steps 5] [--rounds 2] [--batch-size 16]
+
+At the main job's own batch (`--models main --batch-size 512`) the head matches and grounds only the shares its recipe
+gives it (`itm_train_pairs`, `expression_train_pairs`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BATCH = 16
 
 
 def build(model_name: str, with_head: bool):
@@ -48,23 +50,23 @@ def build(model_name: str, with_head: bool):
     return SeeYouModel(config), recipe, 224, config.text_config.vocab_size, False
 
 
-def batch_for(vocab_size: int, image_size: int, channels_last: bool) -> dict:
+def batch_for(vocab_size: int, image_size: int, channels_last: bool, batch: int = 16) -> dict:
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, vocab_size, (BATCH, 30), generator=generator)
-    phrase = torch.randint(5, vocab_size, (BATCH, 10), generator=generator)
-    pixels = torch.randn(BATCH, 3, image_size, image_size, generator=generator)
+    ids = torch.randint(5, vocab_size, (batch, 30), generator=generator)
+    phrase = torch.randint(5, vocab_size, (batch, 10), generator=generator)
+    pixels = torch.randn(batch, 3, image_size, image_size, generator=generator)
     if channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-    centres = torch.rand(BATCH, 2, generator=generator) * 0.6 + 0.2
+    centres = torch.rand(batch, 2, generator=generator) * 0.6 + 0.2
     return {
         "input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
-        "image_id": [str(i) for i in range(BATCH)],
+        "image_id": [str(i) for i in range(batch)],
         "phrase_input_ids": phrase, "phrase_attention_mask": torch.ones_like(phrase),
-        "phrase_boxes": torch.cat([centres, torch.full((BATCH, 2), 0.2)], dim=1),
+        "phrase_boxes": torch.cat([centres, torch.full((batch, 2), 0.2)], dim=1),
     }
 
 
-def child(model_name: str, with_head: bool, steps: int) -> None:
+def child(model_name: str, with_head: bool, steps: int, batch_size: int) -> None:
     from seeyou_ml.losses import compute_losses
     from seeyou_ml.training.memory import keep_freed_memory
     from seeyou_ml.training.optim import build_optimizer
@@ -74,7 +76,7 @@ def child(model_name: str, with_head: bool, steps: int) -> None:
     model.train()
     if recipe.keep_freed_memory:  # as the trainer runs the recipe
         keep_freed_memory()
-    batch = batch_for(vocab_size, image_size, channels_last)
+    batch = batch_for(vocab_size, image_size, channels_last, batch_size)
     forward_keys = ["input_ids", "attention_mask", "pixel_values", "image_id"]
     weights = {"contrastive_loss": 1.0}
     options = {}
@@ -102,18 +104,21 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["main", "r50-xlmr"], choices=["main", "r50-xlmr"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process (after one warm-up step)")
     parser.add_argument("--rounds", type=int, default=2, help="plain/head process pairs per model, alternating")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "HEAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1] == "head", args.steps)
+        child(args.child[0], args.child[1] == "head", args.steps, args.batch_size)
         return
-    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}, batch {BATCH}, fp32")
+    cpu = torch.backends.cpu.get_cpu_capability()
+    print(f"CPU: {cpu}, threads {torch.get_num_threads()}, batch {args.batch_size}, fp32")
     print(f"{'model':<10}{'plain s/step':>14}{'head s/step':>13}{'ratio':>8}{'plain MB':>10}{'head MB':>10}")
     for name in args.models:
         runs: dict[str, list[dict]] = {"plain": [], "head": []}
         for _ in range(args.rounds):
             for arm in ("plain", "head"):
-                out = subprocess.run([sys.executable, __file__, "--child", name, arm, "--steps", str(args.steps)],
+                out = subprocess.run([sys.executable, __file__, "--child", name, arm, "--steps", str(args.steps),
+                                      "--batch-size", str(args.batch_size)],
                                      check=True, capture_output=True, text=True).stdout
                 runs[arm].append(json.loads(out.strip().splitlines()[-1]))
         plain = statistics.median(r["median_s"] for r in runs["plain"])

@@ -250,7 +250,8 @@ class GroundingHead(nn.Module):
         Text i is fused with regions i; with `pairs = (text_index, region_index)`, (P,) each, pair p is instead text
         `text_index[p]` with regions `region_index[p]`: the first layer's self-attention, which has not seen the image
         yet, and the first cross-attention's queries run once per distinct text, every layer's keys and values once per
-        distinct image, the rest once per pair. The outputs are those of fusing the P gathered pairs (up to rounding), for P pairs.
+        distinct image, the rest once per pair. The outputs are those of fusing the P gathered pairs (up to rounding),
+        for P pairs.
         """
         text_mask = text_mask.to(text.dtype)
         pair_text = pair_regions = None
