@@ -79,16 +79,15 @@ def child(model_name: str, with_head: bool, steps: int, batch_size: int) -> None
     batch = batch_for(vocab_size, image_size, channels_last, batch_size)
     forward_keys = ["input_ids", "attention_mask", "pixel_values", "image_id"]
     weights = {"contrastive_loss": 1.0}
-    options = {}
     if with_head:
-        options["output_matching"] = False  # as the trainer: the matching term fuses the own pairs with the negatives
         forward_keys += ["phrase_input_ids", "phrase_attention_mask"]
         weights.update(itm_loss=1.0, box_loss=1.0, attention_mass_loss=1.0, attention_iou_loss=1.0)
     optimizer = build_optimizer(model, recipe.optim)  # the trainer's: fused AdamW, a group per tower
     times = []
     for step in range(steps + 1):  # the first step warms up the allocator and oneDNN
         start = time.perf_counter()
-        outputs = model(**{k: batch[k] for k in forward_keys}, **options)
+        # As the trainer: no own-pair matching pass in the forward; the matching term fuses them with the negatives.
+        outputs = model(**{k: batch[k] for k in forward_keys}, output_matching=False)
         total, _ = compute_losses(outputs, batch, model, weights)
         total.backward()
         optimizer.step()

@@ -140,6 +140,13 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             raise ValueError(f"grounding_config.feature_stage counts stages from the end (-1 the last), got "
                              f"{self.feature_stage}.")
 
+    def matched_captions(self, batch_size: int, training: bool) -> int:
+        """How many of a process's first `batch_size` captions the head matches: `itm_train_pairs` of them in training
+        (at most the batch), every one otherwise."""
+        if not training or self.itm_train_pairs is None:
+            return batch_size
+        return min(self.itm_train_pairs, batch_size)
+
 
 @strict
 class SeeYouConfig(PreTrainedConfig):

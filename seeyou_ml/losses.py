@@ -526,13 +526,6 @@ def _require(outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str, ke
                          "collator the referring expressions (data.return_phrases), or drop the term from `losses:`.")
 
 
-def _matched_captions(model: nn.Module, batch_size: int) -> int:
-    """How many of this process's first captions the matching terms fuse: `grounding_config.itm_train_pairs` of
-    them in training (capped at the batch), every one otherwise."""
-    share = model.grounding_head.config.itm_train_pairs if model.training else None
-    return batch_size if share is None else min(share, batch_size)
-
-
 def _matching_logits(
     outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module, negative_image: torch.Tensor,
     negative_text: torch.Tensor,
@@ -582,7 +575,7 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
     all_ids = gather_no_grad(ids)  # (B,)
     generator = torch.Generator().manual_seed(int(all_ids.remainder(2**31).sum()))
-    n = _matched_captions(model, ids.shape[0])
+    n = model.grounding_head.config.matched_captions(ids.shape[0], model.training)
     negative_image, negative_text = hard_negative_indices(
         outputs["image_embeds"], outputs["text_embeds"], ids, generator, logit_scale_of(model).detach(), n
     )
@@ -606,7 +599,7 @@ def itm_rank_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: n
     ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
     negative_image, negative_text = hardest_negative_indices(
         outputs["image_embeds"], outputs["text_embeds"], ids, model.grounding_head.config.rank_negatives,
-        _matched_captions(model, ids.shape[0]),
+        model.grounding_head.config.matched_captions(ids.shape[0], model.training),
     )
     positive, with_image, with_text = _matching_logits(outputs, batch, model, negative_image, negative_text)
     target = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)

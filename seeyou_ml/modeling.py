@@ -432,7 +432,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
         caption_text = head.encode_text(caption_states, input_ids)  # (B, T, d)
         # In training the head may match the first n captions only (grounding_config.itm_train_pairs); regions and
         # text stay whole for the matching loss's negatives and the referring expressions.
-        n = self.config.grounding_config.itm_train_pairs if self.training else None
+        n = self.config.grounding_config.matched_captions(caption_text.shape[0], self.training)
         caption = expression = None
         if phrase_token_mask is not None:
             caption = expression = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size,
