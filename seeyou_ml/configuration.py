@@ -69,6 +69,10 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             projected token states. With `detach_towers`, words that occur only in referring expressions (never in a
             caption, so never trained by the contrastive loss) keep the text tower's random initial embedding; the
             head's own embedding of them is trained by its losses.
+        text_positions (`int`, *optional*):
+            Give the head a learned embedding of each token position up to this length, added to its text input. The
+            text tower's states carry positions, but the head's own token embeddings do not; with them the head can
+            tell which of two named objects a caption lists first. `None`: no position embeddings.
         itm_train_pairs (`int`, *optional*):
             In training, image-text matching runs on the first `itm_train_pairs` captions of each process's batch:
             their logits with their own images and with the hard negatives drawn for them (from the whole batch).
@@ -79,7 +83,8 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             How many hard negatives each matched caption (and its image) is ranked against by the listwise matching
             term `itm_rank_loss`: the images (captions) of other image ids that the dual encoder scores highest in the
             whole batch. Re-ranking a top 10 asks the head to order ten near misses; 7 puts eight candidates in each
-            softmax.
+            softmax. With negative captions in the batch (`data.return_negative_captions`), each image ranks its caption
+            against its N negative captions and the `rank_negatives - N` hardest captions of the batch.
         expression_train_pairs (`int`, *optional*):
             Likewise for the referring expressions: in training the head grounds the first `expression_train_pairs`
             of each process's batch (their boxes and attention maps); `None` grounds every one.
@@ -108,6 +113,7 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     reference_window: int | None = None
     detach_towers: bool = False
     token_embeddings: bool = False
+    text_positions: int | None = None
     itm_train_pairs: int | None = None
     rank_negatives: int = 7
     expression_train_pairs: int | None = None
@@ -128,6 +134,9 @@ class SeeYouGroundingConfig(PreTrainedConfig):
                              "the reference centroid over the whole map.")
         if self.itm_pooling not in ("mean", "cls"):
             raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
+        if self.text_positions is not None and self.text_positions < 1:
+            raise ValueError(f"grounding_config.text_positions must be >= 1, got {self.text_positions}; give the "
+                             "longest text the head reads in tokens, or None for no position embeddings.")
         for name in ("itm_train_pairs", "expression_train_pairs"):
             value = getattr(self, name)
             if value is not None and value < 1:

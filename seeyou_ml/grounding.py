@@ -200,6 +200,7 @@ class GroundingHead(nn.Module):
             if vocab_size is None:
                 raise ValueError("grounding_config.token_embeddings needs the text tower's vocab_size.")
             self.token_embedding = nn.Embedding(vocab_size, d)
+        self.text_position = None if config.text_positions is None else nn.Embedding(config.text_positions, d)
         self.region_in = nn.Linear(vision_width, d)
         self.position_in = nn.Linear(4 * config.num_position_frequencies, d)
         self.region_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
@@ -224,8 +225,16 @@ class GroundingHead(nn.Module):
 
     def encode_text(self, text_states: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Projects the text tower's (B, T, H) token states to the head's width, (B, T, d), and adds the head's own
-        embedding of each of the (B, T) `input_ids` where it has one (`config.token_embeddings`)."""
+        embedding of each of the (B, T) `input_ids` where it has one (`config.token_embeddings`) and of each position
+        (`config.text_positions`)."""
         text = self.text_in(text_states)
+        if self.text_position is not None:
+            length = text.shape[1]
+            if length > self.text_position.num_embeddings:
+                raise ValueError(f"a text of {length} tokens reached the grounding head, which embeds positions up to "
+                                 f"grounding_config.text_positions={self.text_position.num_embeddings}; raise it or "
+                                 "truncate the texts (data.max_length).")
+            text = text + self.text_position.weight[:length].to(text.dtype)
         if self.token_embedding is None:
             return text
         if input_ids is None:

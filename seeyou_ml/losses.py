@@ -463,27 +463,31 @@ LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, Any], nn.Module], to
 @dataclass(frozen=True)
 class LossTerm:
     """A registered loss term; `embeddings_only` says it reads nothing but `image_embeds` and `text_embeds`, `needs`
-    names what else the run must provide (`grounding_head`: a model with one; `phrases`: `data.return_phrases`)."""
+    names what else the run must provide (`grounding_head`: a model with one; `phrases`: `data.return_phrases`;
+    `mentions`: `data.return_mentions`), and `uses` what it reads where the run provides it
+    (`negative_captions`: `data.return_negative_captions`)."""
 
     name: str
     fn: LossFn
     embeddings_only: bool = True
     needs: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
 
 
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
 def register_loss_term(
-    name: str, embeddings_only: bool = True, needs: tuple[str, ...] = ()
+    name: str, embeddings_only: bool = True, needs: tuple[str, ...] = (), uses: tuple[str, ...] = ()
 ) -> Callable[[LossFn], LossFn]:
     """Registers `fn(outputs, batch, model) -> scalar tensor` as the loss term `name` (which must end in `_loss`);
-    `needs` lists what the run must provide for it (see [`LossTerm`]), checked before training starts."""
+    `needs` lists what the run must provide for it (see [`LossTerm`]), checked before training starts, and `uses`
+    what it reads when provided."""
     if not name.endswith("_loss"):
         raise ValueError(f"Loss term {name!r} must end in `_loss` (the trainer sums the entries named so).")
 
     def decorator(fn: LossFn) -> LossFn:
-        LOSS_TERMS[name] = LossTerm(name, fn, embeddings_only, tuple(needs))
+        LOSS_TERMS[name] = LossTerm(name, fn, embeddings_only, tuple(needs), tuple(uses))
         return fn
 
     return decorator
@@ -523,7 +527,8 @@ def _require(outputs: Mapping[str, Any], batch: Mapping[str, Any], term: str, ke
     missing = [k for k in keys if outputs.get(k) is None and batch.get(k) is None]
     if missing:
         raise ValueError(f"{term} needs {missing}: give the model a grounding head (model.grounding_config) and the "
-                         "collator the referring expressions (data.return_phrases), or drop the term from `losses:`.")
+                         "collator what the term reads (data.return_phrases for the referring expressions, "
+                         "data.return_mentions for the objects a caption names), or drop the term from `losses:`.")
 
 
 def _matching_logits(
@@ -531,13 +536,14 @@ def _matching_logits(
     negative_text: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Matching logits of this process's first n captions with their own images, with the (n, k) images found for
-    them, and of their images with the (n, k) captions found for them (indices into the global batch), from one
+    them, and of their images with the (n, k') captions found for them (indices into the global batch), from one
     pass of the head.
 
     Returns:
-        `(own_pair, caption_with_image, image_with_caption)`: (n,), (n, k) and (n, k).
+        `(own_pair, caption_with_image, image_with_caption)`: (n,), (n, k) and (n, k').
     """
     n, k = negative_image.shape
+    k_text = negative_text.shape[1]
     rank, _ = distributed()
     text = outputs["grounding_text"]
     mask = batch.get("attention_mask")
@@ -549,7 +555,7 @@ def _matching_logits(
     # their images with those images: n + 2 * n * k pairs, each caption and image indexed in the global batch, so
     # the head attends over each caption and projects each image's regions once however many pairs use it.
     own = rank * text.shape[0] + torch.arange(n, device=text.device)  # (n,)
-    own_k = own.repeat_interleave(k)  # (n * k,) row i's k pairs together
+    own_k, own_k_text = own.repeat_interleave(k), own.repeat_interleave(k_text)  # row i's pairs together
     negative_image, negative_text = negative_image.to(text.device).flatten(), negative_text.to(text.device).flatten()
     logits = model.grounding_head.fuse(
         all_text,
@@ -557,9 +563,27 @@ def _matching_logits(
         gather_with_grad(outputs["grounding_regions"]),  # (B, L, d)
         outputs["region_size"],
         locate=False,
-        pairs=(torch.cat([own, own_k, negative_text]), torch.cat([own, negative_image, own_k])),
-    ).itm_logits  # (n + 2 * n * k,)
-    return logits[:n], logits[n : n + n * k].view(n, k), logits[n + n * k :].view(n, k)
+        pairs=(torch.cat([own, own_k, negative_text]), torch.cat([own, negative_image, own_k_text])),
+    ).itm_logits  # (n + n * k + n * k',)
+    return logits[:n], logits[n : n + n * k].view(n, k), logits[n + n * k :].view(n, k_text)
+
+
+def _negative_caption_logits(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """(n, N) matching logits of this process's first n images with their own N negative captions (the batch's
+    `negative_caption_mask` marks the padding, whose logits are -inf)."""
+    text = outputs["grounding_negative_text"]  # (n * N, T, d)
+    present = batch["negative_caption_mask"].to(text.device)  # (b, N)
+    count = present.shape[1]
+    n = text.shape[0] // count
+    logits = model.grounding_head.fuse(
+        text,
+        outputs["negative_attention_mask"],
+        outputs["grounding_regions"],  # (b, L, d), this process's images
+        outputs["region_size"],
+        locate=False,
+        pairs=(torch.arange(n * count, device=text.device), torch.arange(n, device=text.device).repeat_interleave(count)),
+    ).itm_logits.view(n, count)
+    return logits.float().masked_fill(~present[:n], float("-inf"))
 
 
 @register_loss_term("itm_loss", embeddings_only=False, needs=("grounding_head",))
@@ -585,7 +609,7 @@ def itm_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Mod
     return itm_loss(positive, torch.cat([with_image[:, 0], with_text[:, 0]]))
 
 
-@register_loss_term("itm_rank_loss", embeddings_only=False, needs=("grounding_head",))
+@register_loss_term("itm_rank_loss", embeddings_only=False, needs=("grounding_head",), uses=("negative_captions",))
 def itm_rank_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
     """Listwise image-text matching, the task of re-ranking: each caption the head matches ranks its own image among
     it and the k images of the global batch the dual encoder scores highest for it, and each of their images ranks
@@ -593,18 +617,31 @@ def itm_rank_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: n
     logits with the true pair as the target, the two directions averaged.
 
     Beside `itm_loss`'s one drawn negative per pair and direction, every step shows the head the k near misses the
-    dual encoder confuses most, the candidates a top-k re-ranking must order.
+    dual encoder confuses most, the candidates a top-k re-ranking must order. Where the batch carries negative
+    captions (`data.return_negative_captions`: captions of changed copies of each image, e.g. two objects swapped),
+    each image ranks its caption against its N negative captions and the k - N hardest captions of the batch: the
+    near misses the batch rarely holds.
     """
     _require(outputs, batch, "itm_rank_loss", ("grounding_regions", "grounding_text", "image_id"))
     ids = image_ids_to_tensor(batch["image_id"], outputs["image_embeds"].device)  # (b,)
+    k = model.grounding_head.config.rank_negatives
+    counterfactual = outputs.get("grounding_negative_text") is not None
+    count = batch["negative_caption_mask"].shape[1] if counterfactual else 0
+    if count > k:
+        raise ValueError(f"the batch carries {count} negative captions per image, more than the {k} candidates "
+                         "grounding_config.rank_negatives gives itm_rank_loss; raise rank_negatives to at least "
+                         f"{count}.")
     negative_image, negative_text = hardest_negative_indices(
-        outputs["image_embeds"], outputs["text_embeds"], ids, model.grounding_head.config.rank_negatives,
+        outputs["image_embeds"], outputs["text_embeds"], ids, k,
         model.grounding_head.config.matched_captions(ids.shape[0], model.training),
     )
-    positive, with_image, with_text = _matching_logits(outputs, batch, model, negative_image, negative_text)
+    positive, with_image, with_text = _matching_logits(outputs, batch, model, negative_image,
+                                                      negative_text[:, : k - count])
+    if counterfactual:
+        with_text = torch.cat([with_text.float(), _negative_caption_logits(outputs, batch, model)], dim=1)
     target = torch.zeros(positive.shape[0], dtype=torch.long, device=positive.device)
     caption_side = F.cross_entropy(torch.cat([positive[:, None], with_image], dim=1).float(), target)
-    image_side = F.cross_entropy(torch.cat([positive[:, None], with_text], dim=1).float(), target)
+    image_side = F.cross_entropy(torch.cat([positive[:, None].float(), with_text.float()], dim=1), target)
     return (caption_side + image_side) / 2
 
 
@@ -643,6 +680,26 @@ def attention_mass_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], mo
     return attention_mass_loss(*_expression_map_and_mask(outputs, batch, "attention_mass_loss"))
 
 
+@register_loss_term("mention_attention_loss", embeddings_only=False, needs=("grounding_head", "mentions"))
+def mention_attention_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """Cross-entropy of the first-layer attention of each object a matched caption names (heads and the mention's
+    tokens averaged) against that object's box cells, over the mentions the collator found tokens for.
+
+    Matching alone does not teach the head which region each word is about (on the scenes corpus it leaves the
+    order of the objects at chance); this term does, from the corpus's mention spans and boxes (Flickr30k Entities
+    gives the same for photos).
+    """
+    _require(outputs, batch, "mention_attention_loss", ("mention_attention", "mention_boxes", "mention_token_mask"))
+    attention = outputs["mention_attention"].float()  # (n, M, L)
+    n = attention.shape[0]
+    valid = batch["mention_token_mask"][:n].any(-1).to(attention.device)  # (n, M)
+    if not bool(valid.any()):
+        return attention.sum() * 0.0
+    boxes = box_cxcywh_to_xyxy(batch["mention_boxes"][:n].to(device=attention.device, dtype=torch.float32))
+    mask = box_cell_coverage(boxes[valid], *outputs["region_size"])  # (V, L)
+    return attention_mass_loss(attention[valid], mask)
+
+
 def check_loss_terms(
     losses: Mapping[str, LossTermConfig], sub_batching: bool, provided: set[str] | None = None
 ) -> None:
@@ -658,7 +715,8 @@ def check_loss_terms(
     if min(term.start_step for term in losses.values()) > 0:
         raise ValueError("No loss term starts at step 0; give at least one term `start_step: 0` in `losses:`.")
     fixes = {"grounding_head": "a grounding head (model.config_overrides.grounding_config)",
-             "phrases": "the referring expressions in each batch (data.return_phrases: true)"}
+             "phrases": "the referring expressions in each batch (data.return_phrases: true)",
+             "mentions": "the objects each caption names, with their boxes, in each batch (data.return_mentions: true)"}
     for name in sorted(losses):
         missing = [need for need in LOSS_TERMS[name].needs if provided is not None and need not in provided]
         if missing:

@@ -59,6 +59,13 @@ class SeeYouOutput(ModelOutput):
             The image regions in the head's width, reused by the matching loss for its negative pairs.
         grounding_text (`torch.FloatTensor` of shape `(batch_size, T, d)`, *optional*, with a grounding head):
             The captions' token states in the head's width, likewise.
+        mention_attention (`torch.FloatTensor` of shape `(n, M, H*W)`, *optional*, with a grounding head and
+            `mention_token_mask`): for each object a matched caption names, the first fusion layer's cross-attention
+            of its tokens (heads and tokens averaged) in the caption's own image; sums to 1 over the cells.
+        grounding_negative_text (`torch.FloatTensor` of shape `(n * N, T, d)`, *optional*, with a grounding head and
+            `negative_input_ids`): the matched captions' N negative captions in the head's width, for the matching loss.
+        negative_attention_mask (`torch.LongTensor` of shape `(n * N, T)`, *optional*, with
+            `grounding_negative_text`): their mask.
     """
 
     loss: torch.FloatTensor | None = None
@@ -75,6 +82,9 @@ class SeeYouOutput(ModelOutput):
     region_size: tuple[int, int] | None = None
     grounding_regions: torch.FloatTensor | None = None
     grounding_text: torch.FloatTensor | None = None
+    mention_attention: torch.FloatTensor | None = None
+    grounding_negative_text: torch.FloatTensor | None = None
+    negative_attention_mask: torch.LongTensor | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
@@ -302,6 +312,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
         phrase_input_ids: torch.Tensor | None = None,
         phrase_attention_mask: torch.Tensor | None = None,
         phrase_token_mask: torch.Tensor | None = None,
+        mention_token_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.Tensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
         output_grounding: bool = True,
         output_matching: bool = True,
     ) -> SeeYouOutput:
@@ -321,6 +334,11 @@ class SeeYouModel(SeeYouPreTrainedModel):
             phrase_attention_mask: (B, P) mask of `phrase_input_ids`.
             phrase_token_mask: (B, T), 1 on the caption tokens of a referring span; used when no `phrase_input_ids`
                 are given.
+            mention_token_mask: (B, M, T), 1 on the caption tokens that name each of up to M objects (the collator's
+                `return_mentions`); with a grounding head, `mention_attention` says where each looks.
+            negative_input_ids: (B, N, T) token ids of captions false of image i (the collator's
+                `return_negative_captions`); with a grounding head they come back in its width for the matching loss.
+            negative_attention_mask: (B, N, T) mask of `negative_input_ids`.
             output_grounding: run the grounding head, where the model has one; `False` skips it (the trainer does at
                 the steps where none of the head's loss terms counts).
             output_matching: with the head, fuse each caption with its own image for `itm_logits`; `False` leaves
@@ -359,7 +377,8 @@ class SeeYouModel(SeeYouPreTrainedModel):
         grounding = {}
         if self.grounding_head is not None and output_grounding:
             grounding = self._ground_batch(text.last_hidden_state, input_ids, attention_mask, vision, phrase_input_ids,
-                                           phrase_attention_mask, phrase_token_mask, output_matching)
+                                           phrase_attention_mask, phrase_token_mask, output_matching,
+                                           mention_token_mask, negative_input_ids, negative_attention_mask)
         return SeeYouOutput(
             loss=loss,
             logits_per_image=logits_per_text.T,
@@ -419,8 +438,12 @@ class SeeYouModel(SeeYouPreTrainedModel):
         phrase_attention_mask: torch.Tensor | None,
         phrase_token_mask: torch.Tensor | None,
         output_matching: bool = True,
+        mention_token_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.Tensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
     ) -> dict[str, Any]:
-        """The grounding head's outputs: matching logits of the captions, and the referring expression's box and maps."""
+        """The grounding head's outputs: matching logits of the captions, the referring expression's box and maps,
+        where the objects each caption names look, and the negative captions in the head's width."""
         head = self.grounding_head
         detach = self.config.grounding_config.detach_towers
         if attention_mask is None:
@@ -434,11 +457,25 @@ class SeeYouModel(SeeYouPreTrainedModel):
         # text stay whole for the matching loss's negatives and the referring expressions.
         n = self.config.grounding_config.matched_captions(caption_text.shape[0], self.training)
         caption = expression = None
-        if phrase_token_mask is not None:
-            caption = expression = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size,
-                                             phrase_token_mask[:n])
+        if phrase_token_mask is not None or mention_token_mask is not None:
+            span = None if phrase_token_mask is None else phrase_token_mask[:n]
+            caption = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size, span)
+            expression = None if span is None else caption
         elif output_matching:
             caption = head.fuse(caption_text[:n], attention_mask[:n], regions[:n], size, locate=False)
+        extra = {}
+        if mention_token_mask is not None:
+            # The first layer's map: there each word's query is still its own (self-attention has mixed the words
+            # only with each other, before any has seen the image), so it says where that word looks.
+            first = caption.cross_attentions[0].mean(1)  # (n, h, T, L) -> (n, T, L)
+            share = mention_token_mask[:n].to(first.dtype)  # (n, M, T)
+            extra["mention_attention"] = (share / share.sum(-1, keepdim=True).clamp(min=1.0)) @ first  # (n, M, L)
+        if negative_input_ids is not None:
+            ids = negative_input_ids[:n].flatten(0, 1)  # (n * N, T)
+            mask = torch.ones_like(ids) if negative_attention_mask is None else negative_attention_mask[:n].flatten(0, 1)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+                states = self.text_model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+            extra.update(grounding_negative_text=head.encode_text(states, ids), negative_attention_mask=mask)
         if phrase_input_ids is not None:
             if phrase_attention_mask is None:
                 phrase_attention_mask = torch.ones_like(phrase_input_ids)
@@ -455,6 +492,7 @@ class SeeYouModel(SeeYouPreTrainedModel):
             "region_size": size,
             "grounding_regions": regions,
             "grounding_text": caption_text,
+            **extra,
         }
         if expression is not None:
             outputs.update(

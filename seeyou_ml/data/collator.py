@@ -36,6 +36,15 @@ class SeeYouCollator:
     - `phrase_input_ids`, `phrase_attention_mask` (B, P) and `phrase_boxes` (B, 4) (with `return_phrases=True`): each
       record's referring expression (`phrase`) tokenised, and its first box as `(cx, cy, w, h)` in [0, 1] of the
       processed image; the first two are `forward` arguments, the boxes are read by the grounding losses.
+    - `mention_token_mask` (B, M, T) and `mention_boxes` (B, M, 4) (with `return_mentions=True`): for each of the
+      objects a caption names (the corpus's `mention_spans`, `[start, end)` characters of the caption, and
+      `mention_boxes`, in the input image's pixels), the caption tokens that name it and its box as `(cx, cy, w, h)` in
+      [0, 1] of the processed image; a record with fewer than M mentions (or a mention truncated away) has all-zero
+      masks in the rest, which the loss skips. The mask is a `forward` argument, the boxes are read by the loss.
+    - `negative_input_ids`, `negative_attention_mask` (B, N, T) and `negative_caption_mask` (B, N) (with
+      `return_negative_captions=True`): each record's captions that are false of its image (the corpus's
+      `negative_captions`), tokenised; a record with fewer than N has empty texts in the rest, marked `False` in
+      `negative_caption_mask`. The first two are `forward` arguments, the mask is read by the matching loss.
     - `mixup_targets` (with `mixup`): (B, B) soft image-to-text targets for `seeyou_ml.losses.soft_contrastive_loss`; rows sum to 1.
 
     Augmentations draw from the global torch RNG, which `DataLoader` seeds per worker; pass `generator=` to the
@@ -51,6 +60,10 @@ class SeeYouCollator:
         return_boxes (`bool`, *optional*, defaults to `False`): Add `boxes`.
         return_phrases (`bool`, *optional*, defaults to `False`): Add the referring expressions and their boxes; every
             record then needs a `phrase` and at least one box.
+        return_mentions (`bool`, *optional*, defaults to `False`): Add the token masks and boxes of the objects each
+            caption names; every record then needs `mention_spans` and `mention_boxes` (the scenes corpus has them).
+        return_negative_captions (`bool`, *optional*, defaults to `False`): Add each record's negative captions; every
+            record then needs a `negative_captions` list (the scenes corpus has them).
         channels_last (`bool`, *optional*, defaults to `False`): Return `pixel_values` in channels-last memory
             layout (same values), for a vision tower whose weights are channels-last.
         cache_images (`bool`, *optional*, defaults to `False`): Keep every image's processed pixels, keyed by
@@ -90,6 +103,8 @@ class SeeYouCollator:
         cache_images: bool = False,
         return_phrases: bool = False,
         cache_text: bool = False,
+        return_mentions: bool = False,
+        return_negative_captions: bool = False,
     ):
         if cache_text and text_augment is not None:
             raise ValueError(
@@ -101,7 +116,11 @@ class SeeYouCollator:
                 f"cache_images=True with image_augment={image_augment!r}: cached pixels would repeat one augmented "
                 "draw; drop one of them."
             )
-        boxes_flag = "return_boxes" if return_boxes else "return_phrases" if return_phrases else None
+        if return_mentions and text_augment is not None:
+            raise ValueError(f"return_mentions=True with text_augment={text_augment!r}: an augmented caption's words "
+                             "move, and the mention spans would name others; drop one of them.")
+        boxes_flag = next((name for name, on in (("return_boxes", return_boxes), ("return_phrases", return_phrases),
+                                                 ("return_mentions", return_mentions)) if on), None)
         if boxes_flag and image_augment is not None and getattr(image_augment, "is_geometric", True):
             raise ValueError(
                 f"{boxes_flag}=True with image_augment={image_augment!r}, which may move pixels and leave the boxes "
@@ -119,10 +138,14 @@ class SeeYouCollator:
         self.channels_last = channels_last
         self.cache_images = cache_images
         self.cache_text = cache_text
+        self.return_mentions = return_mentions
+        self.return_negative_captions = return_negative_captions
         # image_id -> (processed pixels (3, H, W), input size (width, height))
         self._cache: dict[str, tuple[torch.Tensor, tuple[int, int]]] = {}
         # text -> token ids (special tokens included, truncated as the processor would)
         self._token_cache: dict[str, list[int]] = {}
+        # caption -> each token's [start, end) characters (return_mentions with cache_text)
+        self._offset_cache: dict[str, list[tuple[int, int]]] = {}
 
     @property
     def draws_random(self) -> bool:
@@ -137,6 +160,10 @@ class SeeYouCollator:
             columns.append("boxes")
         if self.return_phrases:
             columns.append("phrase")
+        if self.return_mentions:
+            columns += ["mention_spans", "mention_boxes"]
+        if self.return_negative_captions:
+            columns.append("negative_captions")
         return columns
 
     def _check(self, index: int, record: Mapping[str, Any]) -> None:
@@ -157,6 +184,67 @@ class SeeYouCollator:
                 "(`phrase` and `boxes`); return_phrases needs both in every record (the scenes corpus has them)."
             )
         return phrase, boxes[0]
+
+    @staticmethod
+    def _record_list(index: int, record: Mapping[str, Any], key: str, flag: str) -> list:
+        values = record.get(key)
+        if values is None:
+            raise ValueError(f"record {index} of the batch (image_id {record.get('image_id')!r}) has no `{key}`; "
+                             f"{flag} needs it in every record (the scenes corpus has it).")
+        return list(values)
+
+    def _mentions(self, index: int, record: Mapping[str, Any], caption: str) -> tuple[list, list]:
+        """The record's mention spans (checked against its caption) and their boxes."""
+        spans = self._record_list(index, record, "mention_spans", "return_mentions")
+        boxes = self._record_list(index, record, "mention_boxes", "return_mentions")
+        if len(spans) != len(boxes):
+            raise ValueError(f"record {index} of the batch (image_id {record.get('image_id')!r}) has {len(spans)} "
+                             f"mention_spans and {len(boxes)} mention_boxes; give one box per span.")
+        for start, end in spans:
+            if not 0 <= start < end <= len(caption):
+                raise ValueError(f"record {index} of the batch (image_id {record.get('image_id')!r}) has the mention "
+                                 f"span [{start}, {end}) outside its {len(caption)}-character caption; spans are "
+                                 "[start, end) characters of `caption`.")
+        return spans, boxes
+
+    def _token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Each text's tokens as `[start, end)` characters (special tokens `(0, 0)`), tokenised as `_encode_texts`
+        does; with `cache_text`, each text once."""
+        tokenizer = self.processor.tokenizer
+        cache = self._offset_cache if self.cache_text else {}
+        missing = [text for text in dict.fromkeys(texts) if text not in cache]
+        if missing:
+            if not getattr(tokenizer, "is_fast", False):
+                raise ValueError(f"return_mentions needs a fast tokenizer (offset mappings); "
+                                 f"{type(tokenizer).__name__} is not one.")
+            encoded = tokenizer(missing, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
+                                return_attention_mask=False, return_token_type_ids=False)
+            cache.update(zip(missing, encoded["offset_mapping"]))
+        return [cache[text] for text in texts]
+
+    def _mention_token_mask(self, captions: list[str], spans: list[list], length: int) -> torch.Tensor:
+        """(B, M, T) True on the caption tokens that overlap each mention's characters."""
+        mask = torch.zeros(len(captions), max(1, max(map(len, spans))), length, dtype=torch.bool)
+        left = self.processor.tokenizer.padding_side == "left"
+        for row, (offsets, row_spans) in enumerate(zip(self._token_offsets(captions), spans)):
+            if not row_spans:
+                continue
+            offsets = torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)  # (L, 2)
+            start = length - offsets.shape[0] if left else 0
+            bounds = torch.tensor(row_spans, dtype=torch.long)  # (m, 2)
+            overlap = (offsets[None, :, 0] < bounds[:, 1:]) & (offsets[None, :, 1] > bounds[:, :1])  # (m, L)
+            mask[row, : len(row_spans), start : start + offsets.shape[0]] = overlap & (offsets[None, :, 1] > offsets[None, :, 0])
+        return mask
+
+    def _negative_captions(self, captions: list[list[str]]) -> dict[str, torch.Tensor]:
+        """`negative_input_ids`, `negative_attention_mask` (B, N, T) and `negative_caption_mask` (B, N)."""
+        count = max(1, max(map(len, captions)))
+        flat = [row[i] if i < len(row) else "" for row in captions for i in range(count)]
+        input_ids, attention_mask = self._encode_texts(flat)
+        present = torch.tensor([[i < len(row) for i in range(count)] for row in captions], dtype=torch.bool)
+        shape = (len(captions), count, input_ids.shape[-1])
+        return {"negative_input_ids": input_ids.view(shape), "negative_attention_mask": attention_mask.view(shape),
+                "negative_caption_mask": present}
 
     def _phrase_boxes(self, boxes: list[Sequence[float]], sizes: list[tuple[int, int]]) -> torch.Tensor:
         """(B, 4) `(cx, cy, w, h)` in [0, 1] of the processed images, mapped once per distinct input size."""
@@ -180,7 +268,7 @@ class SeeYouCollator:
         if not records:
             raise ValueError("SeeYouCollator got an empty batch; check the sampler's batch_size and drop_last.")
         images, sizes, captions, langs, image_ids, boxes = [], [], [], [], [], []
-        phrases, phrase_boxes = [], []
+        phrases, phrase_boxes, mention_spans, mention_boxes, negatives = [], [], [], [], []
         for index, record in enumerate(records):
             self._check(index, record)
             image_id = str(record["image_id"])
@@ -200,6 +288,12 @@ class SeeYouCollator:
                 phrase, box = self._phrase(index, record)
                 phrases.append(phrase)
                 phrase_boxes.append(box)
+            if self.return_mentions:
+                spans, object_boxes = self._mentions(index, record, caption)
+                mention_spans.append(spans)
+                mention_boxes.append(object_boxes)
+            if self.return_negative_captions:
+                negatives.append(self._record_list(index, record, "negative_captions", "return_negative_captions"))
             images.append(image)
             sizes.append(size)
             captions.append(caption)
@@ -225,6 +319,15 @@ class SeeYouCollator:
         if self.return_phrases:
             batch["phrase_input_ids"], batch["phrase_attention_mask"] = self._encode_texts(phrases)
             batch["phrase_boxes"] = self._phrase_boxes(phrase_boxes, sizes)  # (B, 4)
+        if self.return_mentions:
+            batch["mention_token_mask"] = self._mention_token_mask(captions, mention_spans, input_ids.shape[-1])
+            count = batch["mention_token_mask"].shape[1]
+            padded = [list(row) + [[0.0, 0.0, 1.0, 1.0]] * (count - len(row)) for row in mention_boxes]
+            boxes_flat = self._phrase_boxes([box for row in padded for box in row],
+                                            [size for size in sizes for _ in range(count)])
+            batch["mention_boxes"] = boxes_flat.view(len(records), count, 4)  # (B, M, 4)
+        if self.return_negative_captions:
+            batch.update(self._negative_captions(negatives))
         if self.mixup is not None:
             batch["pixel_values"], batch["mixup_targets"] = self.mixup(batch["pixel_values"])
         if self.channels_last:
@@ -272,5 +375,6 @@ class SeeYouCollator:
             f"SeeYouCollator(max_length={self.max_length}, image_augment={self.image_augment!r}, "
             f"text_augment={self.text_augment!r}, mixup={self.mixup!r}, return_boxes={self.return_boxes}, "
             f"channels_last={self.channels_last}, cache_images={self.cache_images}, "
-            f"return_phrases={self.return_phrases}, cache_text={self.cache_text})"
+            f"return_phrases={self.return_phrases}, cache_text={self.cache_text}, "
+            f"return_mentions={self.return_mentions}, return_negative_captions={self.return_negative_captions})"
         )

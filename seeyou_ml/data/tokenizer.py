@@ -166,13 +166,11 @@ def scenes_training_texts(num_images: int | None = None, seed: int = 0) -> list[
     and shape words a text tower has to learn.
     """
     from .scenes import LANGUAGES, class_prompts, generate_scenes, synonym_table
-    from .scenes.corpus import scene_record
 
     by_language: dict[str, list[str]] = {code: [] for code in LANGUAGES}
     for drawn in generate_scenes("train", num_images, seed):
-        record = scene_record(drawn, 64)
-        for code in LANGUAGES:
-            by_language[code] += [record["captions"][code], record["phrases"][code]]
+        for code, language in LANGUAGES.items():
+            by_language[code] += [drawn.captions[code], language.phrase(drawn.scene.phrase)]
     for code in LANGUAGES:
         by_language[code] += [p for prompts in class_prompts(code).values() for p in prompts]
         by_language[code] += [w for words in synonym_table(code).values() for w in words]

@@ -110,7 +110,8 @@ def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last
     augmentations = build_augmentations(config.augment, caption_index=caption_index)
     return SeeYouCollator(processor, max_length=config.max_length, channels_last=channels_last,
                           cache_images=config.cache_images, cache_text=config.cache_text,
-                          return_phrases=config.return_phrases,
+                          return_phrases=config.return_phrases, return_mentions=config.return_mentions,
+                          return_negative_captions=config.return_negative_captions,
                           **vars(augmentations))
 
 
@@ -201,7 +202,8 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
     set_seed(recipe.seed)
     model, processor = build_model_and_processor(recipe.model, tokenizer)
     # Loss terms that start late are checked against what this run provides now, not when they start.
-    provided = {"phrases"} if recipe.data.return_phrases else set()
+    provided = {name for name, on in (("phrases", recipe.data.return_phrases),
+                                      ("mentions", recipe.data.return_mentions)) if on}
     if getattr(model, "grounding_head", None) is not None:
         provided.add("grounding_head")
     check_loss_terms(recipe.losses, sub_batching=False, provided=provided)

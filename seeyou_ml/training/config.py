@@ -123,6 +123,16 @@ class DataConfig:
         metadata={"help": "Also collate each record's referring expression (`phrase`) and its box, for a model with "
                           "a grounding head (model.config_overrides.grounding_config) and its loss terms."},
     )
+    return_mentions: bool = field(
+        default=False,
+        metadata={"help": "Also collate which caption tokens name each object (`mention_spans`) and its box "
+                          "(`mention_boxes`), for the grounding head's mention_attention_loss."},
+    )
+    return_negative_captions: bool = field(
+        default=False,
+        metadata={"help": "Also collate each record's captions that are false of its image (`negative_captions`); "
+                          "itm_rank_loss ranks each image's caption against them."},
+    )
 
 
 @dataclass
@@ -205,6 +215,9 @@ class OptimConfig:
     weight_decay: float = field(
         default=0.1, metadata={"ge": 0,
                                "help": "Decoupled weight decay; never applied to norms, biases or the logit scale."}
+    )
+    grounding_weight_decay: Optional[float] = field(
+        default=None, metadata={"ge": 0, "help": "The grounding head's weight decay; null = weight_decay."}
     )
     betas: list = field(default_factory=lambda: [0.9, 0.98], metadata={"ge": 0, "lt": 1, "help": "AdamW betas."})
     eps: float = field(default=1e-6, metadata={"gt": 0, "help": "AdamW epsilon."})

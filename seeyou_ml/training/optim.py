@@ -86,13 +86,16 @@ def build_param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
     undecayed = no_decay_names(model)
     groups = []
     for tower, named in tower_parameters(model).items():
+        weight_decay = config.weight_decay
+        if tower == "grounding" and config.grounding_weight_decay is not None:
+            weight_decay = config.grounding_weight_decay
         for decay in (True, False):
             params = [p for n, p in named if (n not in undecayed) == decay]
             if params:
                 groups.append({
                     "params": params,
                     "lr": peak_lr(config, None, tower),
-                    "weight_decay": config.weight_decay if decay else 0.0,
+                    "weight_decay": weight_decay if decay else 0.0,
                     "tower": tower,
                     "name": f"{tower}/{'decay' if decay else 'no_decay'}",
                 })

@@ -53,7 +53,10 @@ from .stages import StageController
 logger = logging.getLogger(__name__)
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "lang", "image_id", "phrase_input_ids",
-                "phrase_attention_mask")
+                "phrase_attention_mask", "mention_token_mask", "negative_input_ids", "negative_attention_mask")
+# Forward inputs that only some loss terms read (`LossTerm.needs` / `uses`): passed at the steps where one counts.
+_TERM_INPUTS = {"phrases": ("phrase_input_ids", "phrase_attention_mask"), "mentions": ("mention_token_mask",),
+                "negative_captions": ("negative_input_ids", "negative_attention_mask")}
 HISTORY_NAME = "history.jsonl"
 RESULTS_NAME = "retrieval_results.json"
 RECIPE_NAME = "recipe.yaml"
@@ -507,6 +510,11 @@ class Trainer:
             # The grounding head runs only at the steps where one of its loss terms counts.
             weights = active_weights(self.recipe.losses, self.position)
             inputs["output_grounding"] = any("grounding_head" in LOSS_TERMS[name].needs for name in weights)
+            read = {item for name in weights for item in LOSS_TERMS[name].needs + LOSS_TERMS[name].uses}
+            for item, keys in _TERM_INPUTS.items():
+                if item not in read:
+                    for key in keys:
+                        inputs.pop(key, None)
             # The matching terms fuse each caption's own pair in the pass of its negatives.
             inputs["output_matching"] = False
         return self.model(**inputs)

@@ -26,16 +26,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetInfo, Features, Image, List, NamedSplit, Value
 from tqdm.auto import tqdm
 
 from .languages import LANGUAGES, ORDERS, TEMPLATES, get_language
 from .render import render_scene
-from .scene import HELD_OUT_COMBOS, SHAPES, Mention, Scene, sample_scene, scene_rng
+from .scene import HELD_OUT_COMBOS, SHAPES, Mention, Scene, counterfactual_scenes, sample_scene, scene_rng
 
 
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 """Bumped whenever generation changes, so caches of older corpora are not reused."""
 
 
@@ -67,11 +68,17 @@ FEATURES = Features(
         "object_boxes": List(List(Value("float32"))),
         "label": ClassLabel(names=list(SHAPES)),
         "held_out": Value("bool"),
+        "mention_spans": List(List(Value("int32"))),
+        "mention_boxes": List(List(Value("float32"))),
+        "negative_captions": List(Value("string")),
     }
 )
 """Columns of every scenes dataset. `boxes` holds the box of the object `phrase` refers to; `shapes`, `colours`,
 `sizes` and `object_boxes` describe every object; `label` is the shape of the large object (zero-shot class);
-`held_out` says whether the image contains a colour-shape combination held out of training."""
+`held_out` says whether the image contains a colour-shape combination held out of training. `mention_spans` are the
+`[start, end)` characters of the caption that name each object, in the caption's order, and `mention_boxes` those
+objects' boxes (as Flickr30k Entities gives for photos); `negative_captions` are captions, in the caption's template, of
+changed copies of the scene (see `scene.counterfactual_scenes`), each false of the image."""
 
 
 def _check_split(split: str) -> SplitSpec:
@@ -124,11 +131,20 @@ def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) ->
     return scenes
 
 
-def scene_record(drawn: DrawnScene, image_size: int) -> dict:
-    """Language-independent columns of one image, plus its captions and phrases per language."""
+def scene_record(drawn: DrawnScene, image_size: int, rng: np.random.Generator, held_out: str) -> dict:
+    """Language-independent columns of one image, plus its captions, phrases, mention spans and negative captions
+    per language; `rng` orders the counterfactual changes and `held_out` is the split's (see `SplitSpec`)."""
     scene = drawn.scene
+    order = TEMPLATES[scene.template][0]
+    mentions = scene.caption_mentions(order)
+    copies = [copy.caption_mentions(order) for _, copy in counterfactual_scenes(scene, rng, held_out)]
+    copies = [copy for copy in copies if copy != mentions]  # a change both objects' names hide says nothing new
     return {
         "captions": drawn.captions,
+        "mention_spans": {code: lang.mention_spans(drawn.captions[code], mentions) for code, lang in LANGUAGES.items()},
+        "mention_boxes": [o.box(image_size) for o in scene.caption_objects(order)],
+        "negative_captions": {code: [lang.render_caption(scene.template, copy) for copy in copies]
+                              for code, lang in LANGUAGES.items()},
         "phrases": {code: lang.phrase(scene.phrase) for code, lang in LANGUAGES.items()},
         "boxes": [scene.objects[scene.referent].box(image_size)],
         "shapes": [o.shape for o in scene.objects],
@@ -177,7 +193,9 @@ def _build(folder: Path, split: str, num_images: int | None, image_size: int, se
         scenes = generate_scenes(split, num_images, seed)
         (staging / "images").mkdir()
         _render_all(scenes, image_size, seed, split, str(staging / "images"), num_proc)
-        records = [scene_record(drawn, image_size) for drawn in scenes]
+        held_out = SPLITS[split].held_out
+        records = [scene_record(drawn, image_size, scene_rng(seed, split, index, drawn.attempt, stream=2), held_out)
+                   for index, drawn in enumerate(scenes)]
         with open(staging / "records.json", "w", encoding="utf-8") as f:
             json.dump({"version": CORPUS_VERSION, "split": split, "seed": seed, "image_size": image_size, "records": records}, f, ensure_ascii=False)
         try:
@@ -249,7 +267,9 @@ def load_scenes(
             columns["image_id"].append(f"scenes-{split}-{index:05d}")
             columns["phrase"].append(record["phrases"][code])
             columns["label"].append(label_index[record["label"]])
-            for name in ("boxes", "shapes", "colours", "sizes", "object_boxes", "held_out"):
+            columns["mention_spans"].append(record["mention_spans"][code])
+            columns["negative_captions"].append(record["negative_captions"][code])
+            for name in ("boxes", "shapes", "colours", "sizes", "object_boxes", "mention_boxes", "held_out"):
                 columns[name].append(record[name])
     # Columns are already in their Arrow form (image as {bytes, path}), so the table is built without per-row
     # feature encoding, which dominates loading time at 100,000 rows.

@@ -14,7 +14,7 @@ Everything here is language-free; `languages/` turns `Mention`s and `Phrase`s in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -134,15 +134,19 @@ class Scene:
         """Shape of the (single) large object: the class used for zero-shot classification."""
         return next(o.shape for o in self.objects if o.size == "large")
 
+    def caption_objects(self, order: str) -> list[SceneObject]:
+        """The objects in the order `order` (`"lr"`, `"rl"`, `"tb"` or `"bt"`), as a caption lists them."""
+        key = {"lr": lambda o: o.cx, "rl": lambda o: -o.cx, "tb": lambda o: o.cy, "bt": lambda o: -o.cy}[order]
+        return sorted(self.objects, key=key)
+
     def caption_mentions(self, order: str) -> list[Mention]:
         """Mentions of every object in the order `order` (`"lr"`, `"rl"`, `"tb"` or `"bt"`).
 
         The large object is always called large; a small one is called small only when a large object of the same
         colour and shape is present, the one case where size is what tells them apart.
         """
-        key = {"lr": lambda o: o.cx, "rl": lambda o: -o.cx, "tb": lambda o: o.cy, "bt": lambda o: -o.cy}[order]
         mentions = []
-        for obj in sorted(self.objects, key=key):
+        for obj in self.caption_objects(order):
             twin = any(o is not obj and o.combo == obj.combo for o in self.objects)
             size = obj.size if obj.size == "large" or twin else None
             mentions.append(Mention(obj.shape, obj.colour, size))
@@ -277,10 +281,80 @@ def sample_scene(
     return Scene(tuple(objects), phrase, referent, int(rng.integers(num_templates)))
 
 
+COUNTERFACTUAL_KINDS: tuple[str, ...] = ("positions", "colours", "large", "attribute")
+"""The changes [`counterfactual_scenes`] makes: two objects trade places, two objects trade colours, the large object
+becomes small and another large, one object gets another colour or shape."""
+
+
+def counterfactual_scenes(scene: Scene, rng: np.random.Generator, held_out: str = "include") -> list[tuple[str, Scene]]:
+    """Changed copies of a scene, each differing from it in one of the ways a pooled image vector cannot tell apart.
+
+    One copy per kind of `COUNTERFACTUAL_KINDS` where the scene allows it (two objects of one colour cannot trade
+    colours): among the changes of that kind, the first in a random order (drawn from `rng`) whose objects still differ
+    in colour, shape or size, and, with `held_out="exclude"`, hold no combination of `HELD_OUT_COMBOS`. Positions and
+    sizes are the scene's, so a caption of a copy states what the scene's picture does not show: hard negative
+    captions for image-text matching.
+
+    Args:
+        scene: the scene to change.
+        rng: the generator that orders the candidate changes.
+        held_out: `"exclude"` (train) or `"include"`, as the scene's split draws.
+
+    Returns:
+        `(kind, changed scene)` pairs in the order of `COUNTERFACTUAL_KINDS`.
+    """
+    objects = list(scene.objects)
+    count = len(objects)
+
+    def valid(changed: list[SceneObject]) -> bool:
+        attributes = [(o.colour, o.shape, o.size) for o in changed]
+        return len(set(attributes)) == len(attributes) and not (
+            held_out == "exclude" and any(o.combo in HELD_OUT_COMBOS for o in changed)
+        )
+
+    def changed(edits: dict[int, SceneObject]) -> list[SceneObject]:
+        return [edits.get(i, o) for i, o in enumerate(objects)]
+
+    pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    large = next(i for i, o in enumerate(objects) if o.size == "large")
+    candidates: dict[str, list[list[SceneObject]]] = {
+        "positions": [
+            changed({i: replace(objects[i], cx=objects[j].cx, cy=objects[j].cy),
+                     j: replace(objects[j], cx=objects[i].cx, cy=objects[i].cy)})
+            for i, j in pairs
+        ],
+        "colours": [
+            changed({i: replace(objects[i], colour=objects[j].colour), j: replace(objects[j], colour=objects[i].colour)})
+            for i, j in pairs
+            if objects[i].colour != objects[j].colour
+        ],
+        "large": [
+            changed({large: replace(objects[large], size="small"), t: replace(objects[t], size="large")})
+            for t in range(count)
+            if t != large
+        ],
+        "attribute": [
+            changed({t: replace(objects[t], colour=colour)}) for t in range(count) for colour in COLOURS
+            if colour != objects[t].colour
+        ] + [
+            changed({t: replace(objects[t], shape=shape)}) for t in range(count) for shape in SHAPES
+            if shape != objects[t].shape
+        ],
+    }
+    copies = []
+    for kind in COUNTERFACTUAL_KINDS:
+        options = candidates[kind]
+        for index in rng.permutation(len(options)):
+            if valid(options[index]):
+                copies.append((kind, replace(scene, objects=tuple(options[index]))))
+                break
+    return copies
+
+
 def scene_rng(seed: int, split: str, index: int, attempt: int = 0, stream: int = 0) -> np.random.Generator:
     """The generator of one image: a pure function of seed, split, index and redraw attempt.
 
-    `stream` separates independent uses: 0 draws the scene, 1 its background.
+    `stream` separates independent uses: 0 draws the scene, 1 its background, 2 its counterfactual copies.
     """
     split_code = sum(ord(ch) * 31**k for k, ch in enumerate(split)) % (2**31)
     return np.random.default_rng([seed, split_code, index, attempt, stream])

@@ -54,6 +54,23 @@ class Language(ABC):
         order, counted = TEMPLATES[template]
         return self.caption(order, counted, mentions)
 
+    def mention_spans(self, caption: str, mentions: list[Mention]) -> list[tuple[int, int]]:
+        """The `[start, end)` characters of `caption` that name each of `mentions`, which it lists in this order.
+
+        Raises:
+            ValueError: when a mention's indefinite noun phrase does not follow the previous one in `caption`.
+        """
+        spans, position = [], 0
+        for mention in mentions:
+            text = self.indefinite(mention)
+            start = caption.find(text, position)
+            if start < 0:
+                raise ValueError(f"{text!r} does not occur in {caption!r} after character {position}; the caption "
+                                 "does not list these mentions in this order.")
+            spans.append((start, start + len(text)))
+            position = start + len(text)
+        return spans
+
 
 class UnspacedLanguage(Language):
     """A language written without spaces between words; `words` cuts text at the words of its own tables."""
