@@ -15,8 +15,9 @@ from transformers import CLIPImageProcessorPil, ConvNextImageProcessorPil
 from seeyou_ml.data.augment_image import PHOTOMETRIC_OPS, MixUp, RandAugment
 from seeyou_ml.data.collator import SeeYouCollator
 from seeyou_ml.data.samplers import UniqueImageBatchSampler
+from seeyou_ml.losses import box_xyxy_to_cxcywh
 from seeyou_ml.presets import tiny_processor
-from seeyou_ml.processing import SeeYouProcessor
+from seeyou_ml.processing import SeeYouProcessor, boxes_to_processed
 
 CAPTIONS = ["a red circle", "ein roter Kreis left of the blue square", "une étoile"]
 
@@ -248,3 +249,58 @@ def test_collator_and_sampler_feed_a_dataloader(processor):
     for batch in batches:
         assert len(set(batch["image_id"])) == len(batch["image_id"])
         assert batch["pixel_values"].shape[1:] == (3, 32, 32)
+
+
+def test_mention_token_masks_mark_the_tokens_of_each_named_object_and_boxes_follow_the_image(processor):
+    tokenizer = processor.tokenizer
+    rows = records(2)
+    rows[0].update(caption="a red circle left of the blue square", mention_spans=[[0, 12], [21, 36]],
+                   mention_boxes=[[0, 0, 20, 15], [20, 15, 40, 30]])
+    rows[1].update(caption="une étoile", mention_spans=[[0, 10]], mention_boxes=[[10, 5, 30, 25]])
+    batch = SeeYouCollator(processor, return_mentions=True)(rows)
+    mask = batch["mention_token_mask"]
+    assert mask.shape == (2, 2, batch["input_ids"].shape[1]) and mask.dtype == torch.bool
+    named = [[tokenizer.decode(batch["input_ids"][r][mask[r, m]]) for m in range(2)] for r in range(2)]
+    assert named == [["a red circle", "the blue square"], ["une étoile", ""]]  # the second row has one object
+    # 40 x 30 images resized and centre-cropped to 32 x 32: the input's middle 40 x 30 -> x scaled by 32/30, cropped.
+    expected = box_xyxy_to_cxcywh(boxes_to_processed(processor.image_processor, torch.tensor(
+        [[0.0, 0, 20, 15], [20, 15, 40, 30]]), 40, 30, normalized=True))
+    torch.testing.assert_close(batch["mention_boxes"][0], expected)
+    assert batch["mention_boxes"].shape == (2, 2, 4)
+    cached = SeeYouCollator(processor, return_mentions=True, cache_text=True)
+    for _ in range(2):  # tokenised, then from the cache
+        torch.testing.assert_close(cached(rows)["mention_token_mask"], mask)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"mention_spans": None}, "has no `mention_spans`; return_mentions needs it"),
+    ({"mention_spans": [[0, 40]]}, r"mention span \[0, 40\) outside its 12-character caption"),
+    ({"mention_boxes": []}, "1 mention_spans and 0 mention_boxes"),
+])
+def test_bad_mentions_are_named(processor, change, message):
+    row = dict(records(1)[0], mention_spans=[[0, 5]], mention_boxes=[[0, 0, 5, 5]])
+    row.update(change)
+    with pytest.raises(ValueError, match=message):
+        SeeYouCollator(processor, return_mentions=True)([row])
+
+
+def test_mentions_refuse_text_augmentation(processor):
+    from seeyou_ml.data.augment_text import SynonymReplacement
+
+    with pytest.raises(ValueError, match="return_mentions=True with text_augment"):
+        SeeYouCollator(processor, return_mentions=True, text_augment=SynonymReplacement({"en": {}}, p=0.5))
+
+
+def test_negative_captions_are_tokenised_per_record_and_padded_with_a_mask(processor):
+    rows = records(2)
+    rows[0]["negative_captions"] = ["a blue circle", "a red square", "a red star"]
+    rows[1]["negative_captions"] = ["une cercle"]
+    batch = SeeYouCollator(processor, return_negative_captions=True)(rows)
+    assert batch["negative_input_ids"].shape[:2] == (2, 3)
+    assert batch["negative_caption_mask"].tolist() == [[True, True, True], [True, False, False]]
+    texts = rows[0]["negative_captions"] + ["une cercle", "", ""]
+    expected = processor(text=texts, return_tensors="pt", padding=True)
+    torch.testing.assert_close(batch["negative_input_ids"].flatten(0, 1), expected["input_ids"])
+    torch.testing.assert_close(batch["negative_attention_mask"].flatten(0, 1), expected["attention_mask"])
+    with pytest.raises(ValueError, match="has no `negative_captions`; return_negative_captions needs it"):
+        SeeYouCollator(processor, return_negative_captions=True)(records(1))

@@ -412,3 +412,44 @@ def test_output_grounding_false_skips_the_head():
     full = model(**_inputs())
     torch.testing.assert_close(skipped.logits_per_text, full.logits_per_text)
     assert full.itm_logits is not None
+
+
+def test_the_head_adds_a_learned_embedding_of_each_position_up_to_its_length():
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, text_positions=5)))
+    head = model.grounding_head
+    assert SeeYouConfig.from_dict(model.config.to_dict()).grounding_config.text_positions == 5
+    states = torch.randn(2, 3, model.config.text_config.hidden_size)
+    torch.testing.assert_close(head.encode_text(states), head.text_in(states) + head.text_position.weight[:3])
+    with pytest.raises(ValueError, match="a text of 7 tokens reached the grounding head, which embeds positions up to "
+                                         "grounding_config.text_positions=5"):
+        head.encode_text(torch.randn(1, 7, model.config.text_config.hidden_size))
+    with pytest.raises(ValueError, match="text_positions must be >= 1"):
+        SeeYouConfig(grounding_config=dict(HEAD, text_positions=0))
+
+
+def test_the_model_returns_where_each_named_object_looks_and_its_negative_captions_in_the_heads_width():
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, detach_towers=True)))
+    inputs = _inputs()
+    inputs.pop("phrase_input_ids"), inputs.pop("phrase_attention_mask")
+    mentions = torch.zeros(3, 2, 7, dtype=torch.bool)
+    mentions[:, 0, 1:3] = True
+    mentions[0, 1, 5] = True  # rows 1 and 2 name one object
+    negatives = torch.randint(5, 50, (3, 2, 6), generator=torch.Generator().manual_seed(1))
+    out = model(**inputs, mention_token_mask=mentions, negative_input_ids=negatives,
+                negative_attention_mask=torch.ones_like(negatives))
+    head, size = model.grounding_head, out.region_size
+    text = head.encode_text(out.text_model_output.last_hidden_state, inputs["input_ids"])
+    regions = head.encode_regions(model.grounding_feature_map(out.vision_model_output))[0]
+    first = head.fuse(text, inputs["attention_mask"], regions, size).cross_attentions[0].mean(1)  # (3, 7, L)
+    torch.testing.assert_close(out.mention_attention[:, 0], first[:, 1:3].mean(1))
+    torch.testing.assert_close(out.mention_attention[0, 1], first[0, 5])
+    assert (out.mention_attention[1:, 1] == 0).all()  # an unnamed slot looks nowhere
+    flat = negatives.flatten(0, 1)
+    states = model.text_model(input_ids=flat, attention_mask=torch.ones_like(flat)).last_hidden_state
+    torch.testing.assert_close(out.grounding_negative_text, head.encode_text(states, flat))
+    out.mention_attention.sum().backward()
+    assert all(p.grad is None for p in model.text_model.parameters())  # detached towers: the head alone learns

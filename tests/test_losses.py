@@ -408,3 +408,59 @@ def test_a_term_counts_from_its_start_step_at_every_every_th_step():
     assert active_weights(losses, 5) == {"contrastive_loss": 1.0, "box_loss": 2.0}
     assert active_weights(losses, 6) == {"contrastive_loss": 1.0}
     assert active_weights(losses, 5.6) == {"contrastive_loss": 1.0, "box_loss": 2.0}  # a time schedule's position
+
+
+def test_with_negative_captions_each_image_ranks_its_caption_against_them_and_the_hardest_rest():
+    model = _MatchingModel()  # rank_negatives 3
+    outputs, batch, _ = _matching_inputs(model)
+    generator = torch.Generator().manual_seed(9)
+    negative_text = torch.randn(8 * 2, 5, 8, generator=generator)  # two negative captions per image
+    negative_mask = torch.ones(8 * 2, 5, dtype=torch.long)
+    negative_mask[::5, 4:] = 0
+    present = torch.ones(8, 2, dtype=torch.bool)
+    present[3, 1] = False  # image 3 has one
+    outputs.update(grounding_negative_text=negative_text, negative_attention_mask=negative_mask)
+    batch["negative_caption_mask"] = present
+    _, terms = compute_losses(outputs, batch, model, {"itm_rank_loss": 1.0})
+    regions, text, mask = outputs["grounding_regions"], outputs["grounding_text"], batch["attention_mask"]
+    head = model.grounding_head
+    t, i = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    logits = head.fuse(text[t.flatten()], mask[t.flatten()], regions[i.flatten()], (2, 2),
+                       locate=False).itm_logits.view(8, 8)  # (caption, image)
+    own_image = torch.arange(8).repeat_interleave(2)
+    negative = head.fuse(negative_text, negative_mask, regions[own_image], (2, 2), locate=False).itm_logits.view(8, 2)
+    negative = negative.masked_fill(~present, float("-inf"))
+    images, texts, ids = _negative_inputs()
+    negative_image, hardest_text = hardest_negative_indices(images, texts, ids, num_negatives=3)
+    rows = torch.arange(8)[:, None]
+    caption_side = torch.cat([logits.diagonal()[:, None], logits[rows, negative_image]], dim=1)
+    # 3 candidates: the 2 negative captions and the 1 hardest caption of the batch.
+    image_side = torch.cat([logits.diagonal()[:, None], logits.T[rows, hardest_text[:, :1]], negative], dim=1)
+    target = torch.zeros(8, dtype=torch.long)
+    expected = (F.cross_entropy(caption_side, target) + F.cross_entropy(image_side, target)) / 2
+    torch.testing.assert_close(terms["itm_rank_loss"].detach(), expected.detach())
+
+    batch["negative_caption_mask"] = torch.ones(8, 4, dtype=torch.bool)
+    outputs.update(grounding_negative_text=torch.randn(32, 5, 8), negative_attention_mask=torch.ones(32, 5))
+    with pytest.raises(ValueError, match="4 negative captions per image, more than the 3 candidates"):
+        compute_losses(outputs, batch, model, {"itm_rank_loss": 1.0})
+
+
+def test_the_mention_term_pulls_each_named_objects_attention_into_its_box():
+    from seeyou_ml.losses import LOSS_TERMS
+
+    attention = torch.tensor([[[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]],
+                              [[0.7, 0.1, 0.1, 0.1], [0.5, 0.2, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7]]])  # (2, 3, 2 x 2)
+    token_mask = torch.zeros(2, 3, 6, dtype=torch.bool)
+    token_mask[0, 0, 1:3] = token_mask[0, 1, 4] = token_mask[1, 0, 2] = True  # row 0 names 2 objects, row 1 one
+    boxes = torch.tensor([[[0.25, 0.25, 0.5, 0.5], [0.5, 0.25, 1.0, 0.5], [0.5, 0.5, 1.0, 1.0]],
+                          [[0.5, 0.75, 1.0, 0.5], [0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]]])  # (cx, cy, w, h)
+    outputs = {"mention_attention": attention, "region_size": (2, 2)}
+    batch = {"mention_token_mask": token_mask, "mention_boxes": boxes}
+    _, terms = compute_losses(outputs, batch, None, {"mention_attention_loss": 1.0})
+    # The top-left cell; the top row (half each); the bottom row (half each). Unnamed slots count for nothing.
+    expected = -(math.log(0.4) + (math.log(0.1) + math.log(0.2)) / 2 + (math.log(0.1) + math.log(0.1)) / 2) / 3
+    torch.testing.assert_close(terms["mention_attention_loss"], torch.tensor(expected))
+    assert LOSS_TERMS["mention_attention_loss"].needs == ("grounding_head", "mentions")
+    with pytest.raises(ValueError, match=r"mention_attention_loss needs \['mention_attention'\]"):
+        compute_losses({"region_size": (2, 2)}, batch, None, {"mention_attention_loss": 1.0})

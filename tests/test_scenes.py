@@ -242,3 +242,77 @@ def test_synonym_keys_are_words_of_the_corpus(test_scenes):
         assert table and all(values and key not in values for key, values in table.items())
         found = sum(key in text for key in table)
         assert found / len(table) >= 0.5, (code, [k for k in table if k not in text])
+
+
+def test_mention_spans_name_each_object_of_the_caption_in_order(test_scenes):
+    for drawn in test_scenes[:60]:
+        order = TEMPLATES[drawn.scene.template][0]
+        mentions = drawn.scene.caption_mentions(order)
+        for code, language in LANGUAGES.items():
+            caption = drawn.captions[code]
+            spans = language.mention_spans(caption, mentions)
+            assert [caption[a:b] for a, b in spans] == [language.indefinite(m) for m in mentions], code
+            assert all(b <= a2 for (_, b), (a2, _) in zip(spans, spans[1:]))  # in the caption's order, apart
+
+
+def test_mention_spans_name_a_caption_that_lists_other_mentions():
+    english = LANGUAGES["en"]
+    with pytest.raises(ValueError, match="'a blue square' does not occur in 'Left to right: a red circle.'"):
+        english.mention_spans("Left to right: a red circle.", [Mention("circle", "red"), Mention("square", "blue")])
+
+
+def _scene(*objects, template=0):
+    from seeyou_ml.data.scenes import Scene, SceneObject
+
+    placed = tuple(SceneObject(c, s, z, x, y, 0.3 if z == "large" else 0.2) for c, s, z, x, y in objects)
+    return Scene(placed, Phrase(Mention(placed[0].shape)), 0, template)
+
+
+def test_counterfactual_copies_change_one_thing_each():
+    from seeyou_ml.data.scenes.scene import COUNTERFACTUAL_KINDS, counterfactual_scenes
+
+    scene = _scene(("red", "circle", "large", 0.2, 0.3), ("blue", "square", "small", 0.7, 0.6),
+                   ("green", "star", "small", 0.4, 0.8))
+    copies = dict(counterfactual_scenes(scene, np.random.default_rng(0)))
+    assert list(copies) == list(COUNTERFACTUAL_KINDS)
+    before = scene.objects
+    moved = [(a, b) for a, b in zip(before, copies["positions"].objects) if (a.cx, a.cy) != (b.cx, b.cy)]
+    assert len(moved) == 2 and {(b.cx, b.cy) for _, b in moved} == {(a.cx, a.cy) for a, _ in moved}
+    assert all((a.colour, a.shape, a.size) == (b.colour, b.shape, b.size) for a, b in moved)
+    recoloured = [(a, b) for a, b in zip(before, copies["colours"].objects) if a != b]
+    assert len(recoloured) == 2 and {b.colour for _, b in recoloured} == {a.colour for a, _ in recoloured}
+    assert [o.size for o in copies["large"].objects].count("large") == 1
+    assert copies["large"].objects[0].size == "small"
+    changed = [(a, b) for a, b in zip(before, copies["attribute"].objects) if a != b]
+    assert len(changed) == 1 and (changed[0][0].colour != changed[0][1].colour) != (
+        changed[0][0].shape != changed[0][1].shape)
+    # Every copy's caption (in the scene's template) says something the scene's picture does not show.
+    order = TEMPLATES[scene.template][0]
+    assert all(copy.caption_mentions(order) != scene.caption_mentions(order) for copy in copies.values())
+
+
+def test_counterfactual_copies_skip_what_the_scene_cannot_change_and_keep_train_free_of_held_out_combos():
+    from seeyou_ml.data.scenes.scene import counterfactual_scenes
+
+    # Two red objects cannot trade colours; replacing an attribute in train never makes a held-out combination
+    # (red cross, orange square, ...), whatever the draw.
+    scene = _scene(("red", "circle", "large", 0.2, 0.3), ("red", "square", "small", 0.7, 0.6))
+    for seed in range(30):
+        copies = counterfactual_scenes(scene, np.random.default_rng(seed), held_out="exclude")
+        assert [kind for kind, _ in copies] == ["positions", "large", "attribute"]
+        assert all(o.combo not in HELD_OUT_COMBOS for _, copy in copies for o in copy.objects)
+
+
+def test_the_dataset_carries_mention_spans_their_boxes_and_negative_captions(tmp_path):
+    ds = load_scenes("val", num_images=6, languages=["en", "ar"], cache_dir=tmp_path)
+    drawn = generate_scenes("val", 6)
+    for row in ds:
+        scene = drawn[int(row["image_id"][-5:])].scene
+        order = TEMPLATES[scene.template][0]
+        language = LANGUAGES[row["lang"]]
+        names = [language.indefinite(m) for m in scene.caption_mentions(order)]
+        assert [row["caption"][a:b] for a, b in row["mention_spans"]] == names
+        assert row["mention_boxes"] == [pytest.approx(o.box(64)) for o in scene.caption_objects(order)]
+        assert sorted(map(tuple, row["mention_boxes"])) == sorted(map(tuple, row["object_boxes"]))
+        assert 1 <= len(row["negative_captions"]) <= 4 and row["caption"] not in row["negative_captions"]
+        assert len(set(row["negative_captions"])) == len(row["negative_captions"])

@@ -146,3 +146,44 @@ def test_a_late_grounding_term_without_a_head_is_refused_before_training(tmp_pat
     with pytest.raises(ValueError, match=r"Loss term attention_iou_loss needs a grounding head \(model.config_overrides"
                                          r".grounding_config\) and the referring expressions in each batch"):
         build_trainer(recipe)
+
+
+def test_the_rerank_recipe_grounds_each_named_object_first_then_ranks_against_negative_captions(tmp_path, monkeypatch):
+    import json
+
+    from seeyou_ml.training.build import build_trainer
+    from seeyou_ml.training.config import TrainingRecipe
+
+    monkeypatch.setenv("SEEYOU_CACHE", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[1] / "recipes" / "scenes-tiny-rerank.yaml"
+    recipe = TrainingRecipe.from_yaml(path).with_overrides(
+        ["--output_dir", str(tmp_path / "out"), "--report_to", "null", "--batch_size", "16", "--mixed_precision", "null",
+         "--split_kwargs.train.num_images", "32", "--corpus_kwargs.num_images", "12", "--corpus_kwargs.num_proc", "1",
+         "--data.hard_negatives", "null", "--model.config_overrides.grounding_config.itm_train_pairs", "4",
+         "--stages.0.steps", "2", "--stages.1.steps", "4", "--losses.mention_attention_loss.start_step", "2",
+         "--losses.itm_rank_loss.start_step", "4", "--checkpoint.save_every", "100"]
+    )
+    trainer = build_trainer(recipe)
+    model = trainer.unwrapped
+    calls, text_weights = [], []
+    forward = model.forward
+
+    def recording_forward(**inputs):
+        calls.append({k for k, v in inputs.items() if v is not None and v is not False})
+        text_weights.append(model.text_model.embeddings.word_embeddings.weight.detach().clone())
+        return forward(**inputs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    trainer.train()
+    history = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
+    assert [("mention_attention_loss" in h, "itm_rank_loss" in h) for h in history] == (
+        [(False, False)] * 2 + [(True, False)] * 2 + [(True, True)] * 2)
+    # itm_rank_loss starts near ln 8: each softmax holds the true pair and 7 candidates (the image side's 4 of them
+    # the image's negative captions where it has 4).
+    assert abs(history[4]["itm_rank_loss"] - torch.log(torch.tensor(8.0)).item()) < 0.5
+    training_calls = calls[: len(history)]
+    mentions, negatives = "mention_token_mask", "negative_input_ids"
+    assert [(mentions in c, negatives in c, "phrase_input_ids" in c) for c in training_calls] == (
+        [(False, False, False)] * 2 + [(True, False, False)] * 2 + [(True, True, False)] * 2)
+    # The towers stay frozen while the head learns.
+    assert all(torch.equal(text_weights[2], w) for w in text_weights[3 : len(history)])

@@ -177,6 +177,12 @@ def test_the_grounding_head_has_its_own_rate_else_the_heads_else_lr():
     stage = StageConfig(grounding_lr=7.0)
     assert rates(OptimConfig(lr=1.0, grounding_lr=5.0), stage)["grounding/decay"] == 7.0
     assert rates(OptimConfig(lr=1.0, grounding_lr=5.0), StageConfig(head_lr=3.0))["grounding/decay"] == 5.0
+    decays = {g["name"]: g["weight_decay"] for g in build_param_groups(
+        model, OptimConfig(lr=1.0, weight_decay=0.1, grounding_weight_decay=0.01))}
+    assert decays == {"vision/decay": 0.1, "vision/no_decay": 0.0, "text/decay": 0.1, "text/no_decay": 0.0,
+                      "head/decay": 0.1, "head/no_decay": 0.0, "grounding/decay": 0.01, "grounding/no_decay": 0.0}
+    assert {g["name"]: g["weight_decay"] for g in build_param_groups(model, OptimConfig(lr=1.0, weight_decay=0.1))}[
+        "grounding/decay"] == 0.1
 
 
 def test_grounding_decay_steps_hold_the_heads_peak_then_fall_in_a_line_while_the_towers_follow_the_cosine():
