@@ -131,17 +131,24 @@ def test_back_translation_is_switched_on_from_the_recipe(tiny_tokenizer):
         build_collator(recipe.data, processor)
 
 
-def test_a_late_grounding_term_without_a_head_is_refused_before_training(tmp_path, monkeypatch):
-    from seeyou_ml.training.build import build_trainer
+def _small_scenes_recipe(tmp_path, monkeypatch, name: str, batch_size: int, train_images: int, overrides: list[str]):
+    """A recipe of recipes/ on a small scenes corpus (cached under tmp_path), fp32, without reports."""
     from seeyou_ml.training.config import TrainingRecipe
 
     monkeypatch.setenv("SEEYOU_CACHE", str(tmp_path / "cache"))
-    path = Path(__file__).resolve().parents[1] / "recipes" / "scenes-tiny.yaml"
-    recipe = TrainingRecipe.from_yaml(path).with_overrides(
-        ["--output_dir", str(tmp_path / "out"), "--report_to", "null", "--batch_size", "8", "--mixed_precision", "null",
-         "--split_kwargs.train.num_images", "24", "--corpus_kwargs.num_images", "12", "--corpus_kwargs.num_proc", "1",
-         "--model.config_overrides.grounding_config", "null", "--data.return_phrases", "false"]
+    path = Path(__file__).resolve().parents[1] / "recipes" / name
+    return TrainingRecipe.from_yaml(path).with_overrides(
+        ["--output_dir", str(tmp_path / "out"), "--report_to", "null", "--batch_size", str(batch_size),
+         "--mixed_precision", "null", "--split_kwargs.train.num_images", str(train_images),
+         "--corpus_kwargs.num_images", "12", "--corpus_kwargs.num_proc", "1", *overrides]
     )
+
+
+def test_a_late_grounding_term_without_a_head_is_refused_before_training(tmp_path, monkeypatch):
+    from seeyou_ml.training.build import build_trainer
+
+    recipe = _small_scenes_recipe(tmp_path, monkeypatch, "scenes-tiny.yaml", 8, 24, [
+        "--model.config_overrides.grounding_config", "null", "--data.return_phrases", "false"])
     # The main recipe's head terms start at step 300 or later: without a head they are refused before any step.
     with pytest.raises(ValueError, match=r"Loss term attention_iou_loss needs a grounding head \(model.config_overrides"
                                          r".grounding_config\) and the referring expressions in each batch"):
@@ -152,17 +159,11 @@ def test_the_rerank_recipe_grounds_each_named_object_first_then_ranks_against_ne
     import json
 
     from seeyou_ml.training.build import build_trainer
-    from seeyou_ml.training.config import TrainingRecipe
 
-    monkeypatch.setenv("SEEYOU_CACHE", str(tmp_path / "cache"))
-    path = Path(__file__).resolve().parents[1] / "recipes" / "scenes-tiny-rerank.yaml"
-    recipe = TrainingRecipe.from_yaml(path).with_overrides(
-        ["--output_dir", str(tmp_path / "out"), "--report_to", "null", "--batch_size", "16", "--mixed_precision", "null",
-         "--split_kwargs.train.num_images", "32", "--corpus_kwargs.num_images", "12", "--corpus_kwargs.num_proc", "1",
-         "--data.hard_negatives", "null", "--model.config_overrides.grounding_config.itm_train_pairs", "4",
-         "--stages.0.steps", "2", "--stages.1.steps", "4", "--losses.mention_attention_loss.start_step", "2",
-         "--losses.itm_rank_loss.start_step", "4", "--checkpoint.save_every", "100"]
-    )
+    recipe = _small_scenes_recipe(tmp_path, monkeypatch, "scenes-tiny-rerank.yaml", 16, 32, [
+        "--data.hard_negatives", "null", "--model.config_overrides.grounding_config.itm_train_pairs", "4",
+        "--stages.0.steps", "2", "--stages.1.steps", "4", "--losses.mention_attention_loss.start_step", "2",
+        "--losses.itm_rank_loss.start_step", "4", "--checkpoint.save_every", "100"])
     trainer = build_trainer(recipe)
     model = trainer.unwrapped
     calls, text_weights = [], []
