@@ -552,7 +552,7 @@ def _matching_logits(
     all_text = gather_padded(text)  # (B, T_max, d)
     all_mask = gather_padded(mask.to(text.device)).detach()  # (B, T_max)
     # This process's captions with their own images, with the images found for them, and the captions found for
-    # their images with those images: n + 2 * n * k pairs, each caption and image indexed in the global batch, so
+    # their images with those images: n + n * k + n * k' pairs, each caption and image indexed in the global batch, so
     # the head attends over each caption and projects each image's regions once however many pairs use it.
     own = rank * text.shape[0] + torch.arange(n, device=text.device)  # (n,)
     own_k, own_k_text = own.repeat_interleave(k), own.repeat_interleave(k_text)  # row i's pairs together
