@@ -575,13 +575,14 @@ def _negative_caption_logits(outputs: Mapping[str, Any], batch: Mapping[str, Any
     present = batch["negative_caption_mask"].to(text.device)  # (b, N)
     count = present.shape[1]
     n = text.shape[0] // count
+    images = torch.arange(n, device=text.device).repeat_interleave(count)  # (n * N,) negative caption -> its image
     logits = model.grounding_head.fuse(
         text,
         outputs["negative_attention_mask"],
         outputs["grounding_regions"],  # (b, L, d), this process's images
         outputs["region_size"],
         locate=False,
-        pairs=(torch.arange(n * count, device=text.device), torch.arange(n, device=text.device).repeat_interleave(count)),
+        pairs=(torch.arange(n * count, device=text.device), images),
     ).itm_logits.view(n, count)
     return logits.float().masked_fill(~present[:n], float("-inf"))
 
@@ -685,9 +686,9 @@ def mention_attention_term(outputs: Mapping[str, Any], batch: Mapping[str, Any],
     """Cross-entropy of the first-layer attention of each object a matched caption names (heads and the mention's
     tokens averaged) against that object's box cells, over the mentions the collator found tokens for.
 
-    Matching alone does not teach the head which region each word is about (on the scenes corpus it leaves the
-    order of the objects at chance); this term does, from the corpus's mention spans and boxes (Flickr30k Entities
-    gives the same for photos).
+    Matching alone does not teach the head which region each word is about (on the scenes corpus a head trained by
+    matching alone bound colours to shapes no better than the dual encoder); this term does, from the corpus's
+    mention spans and boxes (Flickr30k Entities gives the same for photos).
     """
     _require(outputs, batch, "mention_attention_loss", ("mention_attention", "mention_boxes", "mention_token_mask"))
     attention = outputs["mention_attention"].float()  # (n, M, L)

@@ -472,7 +472,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
             extra["mention_attention"] = (share / share.sum(-1, keepdim=True).clamp(min=1.0)) @ first  # (n, M, L)
         if negative_input_ids is not None:
             ids = negative_input_ids[:n].flatten(0, 1)  # (n * N, T)
-            mask = torch.ones_like(ids) if negative_attention_mask is None else negative_attention_mask[:n].flatten(0, 1)
+            mask = torch.ones_like(ids)
+            if negative_attention_mask is not None:
+                mask = negative_attention_mask[:n].flatten(0, 1)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
                 states = self.text_model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
             extra.update(grounding_negative_text=head.encode_text(states, ids), negative_attention_mask=mask)

@@ -232,8 +232,9 @@ class SeeYouCollator:
             offsets = torch.tensor(offsets, dtype=torch.long).reshape(-1, 2)  # (L, 2)
             start = length - offsets.shape[0] if left else 0
             bounds = torch.tensor(row_spans, dtype=torch.long)  # (m, 2)
+            token = offsets[None, :, 1] > offsets[None, :, 0]  # (1, L), special tokens cover no characters
             overlap = (offsets[None, :, 0] < bounds[:, 1:]) & (offsets[None, :, 1] > bounds[:, :1])  # (m, L)
-            mask[row, : len(row_spans), start : start + offsets.shape[0]] = overlap & (offsets[None, :, 1] > offsets[None, :, 0])
+            mask[row, : len(row_spans), start : start + offsets.shape[0]] = overlap & token
         return mask
 
     def _negative_captions(self, captions: list[list[str]]) -> dict[str, torch.Tensor]:

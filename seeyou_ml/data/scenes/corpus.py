@@ -138,7 +138,7 @@ def scene_record(drawn: DrawnScene, image_size: int, rng: np.random.Generator, h
     order = TEMPLATES[scene.template][0]
     mentions = scene.caption_mentions(order)
     copies = [copy.caption_mentions(order) for _, copy in counterfactual_scenes(scene, rng, held_out)]
-    copies = [copy for copy in copies if copy != mentions]  # a change both objects' names hide says nothing new
+    copies = [copy for copy in copies if copy != mentions]  # a caption that reads the same would be true of the image
     return {
         "captions": drawn.captions,
         "mention_spans": {code: lang.mention_spans(drawn.captions[code], mentions) for code, lang in LANGUAGES.items()},

@@ -291,9 +291,9 @@ def counterfactual_scenes(scene: Scene, rng: np.random.Generator, held_out: str 
 
     One copy per kind of `COUNTERFACTUAL_KINDS` where the scene allows it (two objects of one colour cannot trade
     colours): among the changes of that kind, the first in a random order (drawn from `rng`) whose objects still differ
-    in colour, shape or size, and, with `held_out="exclude"`, hold no combination of `HELD_OUT_COMBOS`. Positions and
-    sizes are the scene's, so a caption of a copy states what the scene's picture does not show: hard negative
-    captions for image-text matching.
+    in colour, shape or size, and, with `held_out="exclude"`, hold no combination of `HELD_OUT_COMBOS`. The copies are
+    not drawn; a caption of one states what the scene's picture does not show: hard negative captions for image-text
+    matching.
 
     Args:
         scene: the scene to change.
