@@ -73,11 +73,6 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             Give the head a learned embedding of each token position up to this length, added to its text input. The
             text tower's states carry positions, but the head's own token embeddings do not; with them the head can
             tell which of two named objects a caption lists first. `None`: no position embeddings.
-        attention_coordinates (`bool`, *optional*, defaults to `False`):
-            After each cross-attention, add to every token a learned projection of where it looked: the centroid
-            `(x, y)` of its attention map in each head. The attended values carry the cells' position code only as a
-            blend; the centroid says plainly where a word found its object, so a later layer can compare the places
-            of the objects a caption lists in order ("from left to right: ..."), which a pooled vector cannot.
         itm_train_pairs (`int`, *optional*):
             In training, image-text matching runs on the first `itm_train_pairs` captions of each process's batch:
             their logits with their own images and with the hard negatives drawn for them (from the whole batch).
@@ -119,7 +114,6 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     detach_towers: bool = False
     token_embeddings: bool = False
     text_positions: int | None = None
-    attention_coordinates: bool = False
     itm_train_pairs: int | None = None
     rank_negatives: int = 7
     expression_train_pairs: int | None = None

@@ -130,8 +130,6 @@ class FusionLayer(nn.Module):
         self.cross_q = nn.Linear(d, d)
         self.cross_kv = nn.Linear(d, 2 * d)
         self.cross_out = nn.Linear(d, d)
-        # Where each token looked, (x, y) of its map's centroid per head, projected into its state.
-        self.where = nn.Linear(2 * self.num_heads, d) if config.attention_coordinates else None
         self.ffn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.ffn = nn.Sequential(nn.Linear(d, config.intermediate_size), nn.GELU(), nn.Linear(config.intermediate_size, d))
 
@@ -159,37 +157,25 @@ class FusionLayer(nn.Module):
         return self._heads(keys), self._heads(values)
 
     def attend_regions(
-        self,
-        text: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        text_index: torch.Tensor | None = None,
-        centres: torch.Tensor | None = None,
+        self, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, text_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention of (B, T, d) text to its regions' keys and values, then the FFN: the updated text and the
         (B, heads, T, L) cross-attention. With (P,) `text_index`, pair p's text is `text[text_index[p]]` (queries
-        projected once per text) and the outputs are the P pairs'. With `config.attention_coordinates` the regions'
-        (L, 2) cell `centres` in [0, 1] are needed too."""
+        projected once per text) and the outputs are the P pairs'."""
         q = self._heads(self.cross_q(self.cross_norm(text)))  # (B, h, T, d/h)
         if text_index is not None:
             text, q = text.index_select(0, text_index), q.index_select(0, text_index)  # (P, T, d), (P, h, T, d/h)
         # Written out rather than with scaled_dot_product_attention: the maps are an output of the head.
         weights = ((q / math.sqrt(q.shape[-1])) @ keys.transpose(-1, -2)).softmax(dim=-1)  # (B, h, T, L)
         text = text + self.cross_out((weights @ values).transpose(1, 2).flatten(2))
-        if self.where is not None:
-            if centres is None:
-                raise ValueError("grounding_config.attention_coordinates needs the regions' cell centres.")
-            coordinates = weights @ (2 * centres.to(weights.dtype) - 1)  # (B, h, T, 2) in [-1, 1]
-            text = text + self.where(coordinates.transpose(1, 2).flatten(2))  # (B, T, 2h) -> (B, T, d)
         text = text + self.ffn(self.ffn_norm(text))
         return text, weights
 
     def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, regions: torch.Tensor, centres: torch.Tensor | None = None
+        self, text: torch.Tensor, text_mask: torch.Tensor, regions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, d) text, (B, T) mask, (B, L, d) regions -> updated text and the (B, heads, T, L) cross-attention.
-        With `config.attention_coordinates`, give the regions' (L, 2) cell `centres`."""
-        return self.attend_regions(self.attend_text(text, text_mask), *self.region_keys(regions), centres=centres)
+        """(B, T, d) text, (B, T) mask, (B, L, d) regions -> updated text and the (B, heads, T, L) cross-attention."""
+        return self.attend_regions(self.attend_text(text, text_mask), *self.region_keys(regions))
 
 
 class GroundingHead(nn.Module):
@@ -289,7 +275,6 @@ class GroundingHead(nn.Module):
             text, text_mask, regions = text.index_select(0, texts), text_mask[texts], regions.index_select(0, images)
         first_only = not locate and self.config.itm_pooling == "cls"
         maps = []
-        centres = cell_centres(*region_size, regions.device, regions.dtype) if self.config.attention_coordinates else None
         for depth, layer in enumerate(self.layers):
             text = layer.attend_text(text, text_mask, first_only and depth == len(self.layers) - 1)
             keys, values = layer.region_keys(regions)  # (images, h, L, d/h) each
@@ -298,7 +283,7 @@ class GroundingHead(nn.Module):
                 keys, values = (x.index_select(0, pair_regions) for x in (keys, values))  # (P, h, L, d/h) each
                 if depth == 0:  # from here on each text is a pair's, and the image changes it
                     text_index, text_mask = pair_text, text_mask[pair_text]
-            text, weights = layer.attend_regions(text, keys, values, text_index, centres)
+            text, weights = layer.attend_regions(text, keys, values, text_index)
             maps.append(weights)
         text = self.final_norm(text)
         if self.config.itm_pooling == "cls":

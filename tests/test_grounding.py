@@ -429,36 +429,6 @@ def test_the_head_adds_a_learned_embedding_of_each_position_up_to_its_length():
         SeeYouConfig(grounding_config=dict(HEAD, text_positions=0))
 
 
-def test_with_attention_coordinates_each_token_adds_where_it_looked():
-    from seeyou_ml.grounding import GroundingHead, cell_centres
-
-    torch.manual_seed(0)
-    config = SeeYouConfig(grounding_config=dict(HEAD, attention_coordinates=True)).grounding_config
-    assert SeeYouConfig(grounding_config=config.to_dict()).grounding_config.attention_coordinates
-    head = GroundingHead(config, text_width=16, vision_width=16).eval()
-    text, regions = torch.randn(2, 5, 16), torch.randn(2, 6, 16)
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    layer = head.layers[0]
-    centres = cell_centres(2, 3, regions.device, regions.dtype)  # a 2 x 3 grid, rows first
-    attended = layer.attend_text(text, mask.float())
-    fused, weights = layer(text, mask.float(), regions, centres)
-    # By hand: cross-attention, then each head's centroid, (x, y) scaled to [-1, 1], projected and added; then the FFN.
-    keys, values = layer.region_keys(regions)
-    q = layer._heads(layer.cross_q(layer.cross_norm(attended)))
-    expected_weights = (q @ keys.transpose(-1, -2) / 8**0.5).softmax(-1)  # 16 wide, 2 heads: 8 per head
-    torch.testing.assert_close(weights, expected_weights)
-    xy = torch.einsum("bhtl,lc->bthc", weights, 2 * centres - 1).flatten(2)  # (B, T, 2 * heads)
-    state = attended + layer.cross_out((weights @ values).transpose(1, 2).flatten(2)) + layer.where(xy)
-    torch.testing.assert_close(fused, state + layer.ffn(layer.ffn_norm(state)))
-    # The fused pairs and the matching pass read the same coordinates, and the projection is trained.
-    out = head.fuse(text, mask, regions, (2, 3))
-    (out.itm_logits.sum() + out.pred_boxes.sum()).backward()
-    assert all(layer.where.weight.grad.abs().sum() > 0 for layer in head.layers)
-    layer = head.layers[0]
-    with pytest.raises(ValueError, match="attention_coordinates needs the regions' cell centres"):
-        layer(text, mask.float(), regions)
-
-
 def test_the_model_returns_where_each_named_object_looks_and_its_negative_captions_in_the_heads_width():
     torch.manual_seed(0)
     model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
