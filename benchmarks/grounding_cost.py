@@ -1,7 +1,9 @@
 """What the grounding head costs a training step: time and peak memory with the head vs without.
 
-Two models, random init, batch 16 (`--batch-size`), CPU, fp32:
+Three models, random init, batch 16 (`--batch-size`), CPU, fp32:
 - `main`: the main job's model (recipes/scenes-tiny.yaml's model section) with and without its grounding_config;
+- `main-cls`: the same with the head's matching logit read from the first token (`itm_pooling: cls`, which the main
+  job does not use: it grounds worse on val, see the recipe), to show what matching every token costs;
 - `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
 A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
 attention mass + attention-IoU with it), backward and the update of the recipe's optimizer, as the trainer runs it (the
@@ -9,7 +11,7 @@ fused AdamW, the recipe's `keep_freed_memory`). Each (model, head) arm runs in i
 (so its peak RSS is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of
 each arm, the ratio of medians, and each arm's largest peak RSS.
 
-    python benchmarks/grounding_cost.py [--models main r50-xlmr] [--steps 5] [--rounds 2] [--batch-size 16]
+    python benchmarks/grounding_cost.py [--models main main-cls r50-xlmr] [--steps 5] [--rounds 2] [--batch-size 16]
 
 At the main job's own batch (`--models main --batch-size 512`) the head matches and grounds only the shares its recipe
 gives it (`itm_train_pairs`, `expression_train_pairs`).
@@ -37,11 +39,13 @@ def build(model_name: str, with_head: bool):
     from seeyou_ml.training.build import build_model_and_processor
     from seeyou_ml.training.config import TrainingRecipe
 
-    if model_name == "main":
+    if model_name in ("main", "main-cls"):
         recipe = TrainingRecipe.from_yaml(REPO_ROOT / "recipes" / "scenes-tiny.yaml")
+        overrides = recipe.model.config_overrides
         if not with_head:
-            recipe.model.config_overrides = {k: v for k, v in recipe.model.config_overrides.items()
-                                             if k != "grounding_config"}
+            recipe.model.config_overrides = {k: v for k, v in overrides.items() if k != "grounding_config"}
+        elif model_name == "main-cls":
+            overrides["grounding_config"] = dict(overrides["grounding_config"], itm_pooling="cls")
         model, processor = build_model_and_processor(recipe.model)
         image_size = recipe.model.preset_kwargs.get("image_size", 64)
         return model, recipe, image_size, len(processor.tokenizer), recipe.model.channels_last
@@ -100,7 +104,8 @@ def child(model_name: str, with_head: bool, steps: int, batch_size: int) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["main", "r50-xlmr"], choices=["main", "r50-xlmr"])
+    parser.add_argument("--models", nargs="+", default=["main", "main-cls", "r50-xlmr"],
+                        choices=["main", "main-cls", "r50-xlmr"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process (after one warm-up step)")
     parser.add_argument("--rounds", type=int, default=2, help="plain/head process pairs per model, alternating")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step")
