@@ -29,28 +29,25 @@ from seeyou_ml.grounding import cell_centres
 from seeyou_ml.losses import box_cell_coverage, box_cxcywh_to_xyxy
 
 
-@torch.no_grad()
-def twin_preference(model, collator, records) -> tuple[int, int, int]:
-    """How many of the records' own captions the head and the dual encoder score above the first negative caption
-    (the position swap): `(head, dual_encoder, count)`."""
-    own = collator([dict(r) for r in records])
-    twin = collator([dict(r, caption=r["negative_captions"][0]) for r in records])
-    scores = []
-    for batch in (own, twin):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    pixel_values=batch["pixel_values"])
-        scores.append((out.itm_logits.float(), (out.image_embeds * out.text_embeds).sum(-1).float()))
-    head = int((scores[0][0] > scores[1][0]).sum())
-    dual = int((scores[0][1] > scores[1][1]).sum())
-    return head, dual, len(records)
+def _scores(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's matching logit and the dual encoder's cosine, (B,) each."""
+    return out.itm_logits.float(), (out.image_embeds * out.text_embeds).sum(-1).float()
 
 
 @torch.no_grad()
-def mention_localisation(model, collator, records) -> tuple[int, int, int, int]:
-    """`(peaks inside the box, named objects, consecutive pairs in order, consecutive pairs)` over the records."""
+def diagnose(model, collator, plain_collator, records) -> tuple[int, ...]:
+    """Counts over the records: `(head prefers the own caption, the dual encoder does, captions, peaks inside the box,
+    named objects, consecutive pairs in order, consecutive pairs)`. The own captions run once, with their mention
+    masks; their position-swapped twins (the first negative caption) without, as their spans are the own caption's."""
     batch = collator(list(records))
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 pixel_values=batch["pixel_values"], mention_token_mask=batch["mention_token_mask"])
+    twins = plain_collator([dict(r, caption=r["negative_captions"][0]) for r in records])
+    twin_out = model(input_ids=twins["input_ids"], attention_mask=twins["attention_mask"],
+                     pixel_values=batch["pixel_values"])
+    (own_logit, own_cosine), (twin_logit, twin_cosine) = _scores(out), _scores(twin_out)
+    head, dual = int((own_logit > twin_logit).sum()), int((own_cosine > twin_cosine).sum())
+
     attention = out.mention_attention.float()  # (n, M, L)
     height, width = out.region_size
     named = batch["mention_token_mask"].any(-1)  # (n, M)
@@ -66,7 +63,7 @@ def mention_localisation(model, collator, records) -> tuple[int, int, int, int]:
             axis = int(step.abs().argmax())
             in_order += int(step[axis] * (centroids[row, second, axis] - centroids[row, first, axis]) > 0)
             pairs += 1
-    return int((inside & named).sum()), int(named.sum()), in_order, pairs
+    return head, dual, len(records), int((inside & named).sum()), int(named.sum()), in_order, pairs
 
 
 def main() -> None:
@@ -81,7 +78,8 @@ def main() -> None:
     model = SeeYouModel.from_pretrained(args.model).eval()
     if model.grounding_head is None:
         parser.error(f"{args.model} has no grounding head; train one (e.g. recipes/scenes-tiny-rerank.yaml).")
-    collator = SeeYouCollator(SeeYouProcessor.from_pretrained(args.model), return_mentions=True)
+    processor = SeeYouProcessor.from_pretrained(args.model)
+    collator, plain_collator = SeeYouCollator(processor, return_mentions=True), SeeYouCollator(processor)
     print(f"{args.model}: {args.split}, {args.num_images} images per language")
     print(f"{'language':<10}{'head > twin':>12}{'dual > twin':>12}{'peak in box':>13}{'pairs in order':>16}")
     for language in args.languages:
@@ -90,8 +88,7 @@ def main() -> None:
         totals = [0] * 7
         for start in range(0, len(records), args.batch_size):
             chunk = records.select(range(start, min(start + args.batch_size, len(records))))
-            for i, value in enumerate(twin_preference(model, collator, chunk) + mention_localisation(model, collator,
-                                                                                                     chunk)):
+            for i, value in enumerate(diagnose(model, collator, plain_collator, chunk)):
                 totals[i] += value
         head, dual, count, inside, named, in_order, pairs = totals
         print(f"{language:<10}{100 * head / count:>11.1f}%{100 * dual / count:>11.1f}%{100 * inside / named:>12.1f}%"
