@@ -5,7 +5,8 @@ the queries; the cells of the vision tower's feature map (ResNet H x W cells, or
 sine-cosine position code, are keys and values. Every layer is self-attention over the text, cross-attention to the
 regions and an FFN (pre-norm). Three readouts:
 
-- an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`);
+- an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`), plus,
+  with `order_readout`, a check that the words name things in the order the image shows them ([`OrderReadout`]);
 - a box `(cx, cy, w, h)` in [0, 1] for a referring expression: its centre is the attention centroid of the
   expression's tokens in the last layer (a reference point, as Deformable DETR's; sharpened towards the map's peak by
   `reference_sharpness`, and taken around the peak by `reference_window`) moved by a learned offset, its size
@@ -178,6 +179,40 @@ class FusionLayer(nn.Module):
         return self.attend_regions(self.attend_text(text, text_mask), *self.region_keys(regions))
 
 
+class OrderReadout(nn.Module):
+    """A matching score for whether a text lists what it names in the order the image shows it.
+
+    Each word's place in the image is the centroid of its first-layer cross-attention (heads averaged; the layer
+    `mention_attention_loss` trains to find each named object), projected on an axis read from the text's mean fused
+    state (a caption says "from left to right" or "from top to bottom"). For every two words, the earlier one's place
+    should come first along that axis: the score is the mean of `tanh(later - earlier)` over the pairs, each pair
+    weighted by the product of the two words' gates (a learned sigmoid of each fused state: how much a word names an
+    object). In [-1, 1] and scaled by a learned factor, it is added to the matching logit.
+    """
+
+    def __init__(self, config: SeeYouGroundingConfig):
+        super().__init__()
+        self.gate = nn.Linear(config.hidden_size, 1)
+        self.axis = nn.Linear(config.hidden_size, 2)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, first_map: torch.Tensor, region_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(B, T, d) fused text, (B, T) mask, (B, heads, T, L) first-layer cross-attention -> (B,) logit terms."""
+        mask = text_mask.float()
+        centroids = first_map.float().mean(1) @ cell_centres(*region_size, first_map.device, torch.float32)  # (B, T, 2)
+        mean_state = (text.float() * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)  # (B, d)
+        place = (centroids @ self.axis(mean_state)[:, :, None]).squeeze(-1)  # (B, T): each word's place on the axis
+        gates = torch.sigmoid(self.gate(text.float()).squeeze(-1)) * mask  # (B, T)
+        length = text.shape[1]
+        earlier = torch.ones(length, length, dtype=torch.bool, device=text.device).triu(1)  # [t, t'] for t < t'
+        weights = gates[:, :, None] * gates[:, None, :] * earlier  # (B, T, T)
+        agreement = torch.tanh(place[:, None, :] - place[:, :, None])  # (B, T, T): later minus earlier
+        order = (weights * agreement).sum((1, 2)) / weights.sum((1, 2)).clamp(min=1e-6)  # (B,)
+        return (self.scale * order).to(text.dtype)
+
+
 class GroundingHead(nn.Module):
     """Cross-modal fusion layers with matching, box and attention readouts (see the module docstring).
 
@@ -207,6 +242,7 @@ class GroundingHead(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.itm = nn.Linear(d, 1)
+        self.order = OrderReadout(config) if config.order_readout else None
         self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
 
     def encode_regions(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -291,6 +327,8 @@ class GroundingHead(nn.Module):
         else:
             weights = text_mask / text_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
             itm_logits = self.itm((text * weights[:, :, None]).sum(1)).squeeze(-1)  # (B, T, d) -> (B, d) -> (B,)
+        if self.order is not None:
+            itm_logits = itm_logits + self.order(text, text_mask, maps[0], region_size)
         if not locate:
             return GroundingHeadOutput(itm_logits=itm_logits)
 

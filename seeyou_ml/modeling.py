@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 
 from .adapters import ADAPTERS_FOLDER, base_state_dict, language_adapters, language_routing, load_language_adapters
 from .configuration import SeeYouConfig
-from .grounding import GroundingHead
+from .grounding import GroundingHead, OrderReadout
 from .losses import contrastive_loss, image_ids_to_tensor
 from .towers import build_tower, encode_image, encode_text, length_groups, load_tower, vision_width
 
@@ -128,6 +128,8 @@ class SeeYouPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, SeeYouModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        if isinstance(module, OrderReadout):
+            init.ones_(module.scale)
 
     if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):
         # transformers before 5.24 names these `gradient_checkpointing_*`; the current names work on both.

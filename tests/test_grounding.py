@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -453,3 +455,45 @@ def test_the_model_returns_where_each_named_object_looks_and_its_negative_captio
     torch.testing.assert_close(out.grounding_negative_text, head.encode_text(states, flat))
     out.mention_attention.sum().backward()
     assert all(p.grad is None for p in model.text_model.parameters())  # detached towers: the head alone learns
+
+
+def test_the_order_readout_scores_whether_the_named_objects_lie_in_the_order_the_text_lists_them():
+    from seeyou_ml.configuration import SeeYouGroundingConfig
+    from seeyou_ml.grounding import OrderReadout
+
+    readout = OrderReadout(SeeYouGroundingConfig(hidden_size=4, num_attention_heads=2, order_readout=True))
+    with torch.no_grad():
+        readout.gate.weight.copy_(torch.tensor([[100.0, 0.0, 0.0, 0.0]]))  # the first feature marks a naming word
+        readout.gate.bias.fill_(-50.0)
+        readout.axis.weight.zero_()
+        readout.axis.bias.copy_(torch.tensor([3.0, 0.0]))  # the axis runs left to right, 3 per image width
+    # Four tokens over a 2 x 2 grid: words 0 and 2 name objects, word 1 does not, word 3 is padding.
+    text = torch.zeros(2, 4, 4)
+    text[:, [0, 2, 3], 0] = 1.0
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    cells = torch.zeros(2, 2, 4, 4)  # (B, heads, T, cells); cells 0 and 1 are the top row's, x = 0.25 and 0.75
+    cells[0, :, 0, 0] = cells[0, :, 2, 1] = 1.0  # in the order named
+    cells[1, :, 0, 1] = cells[1, :, 2, 0] = 1.0  # swapped
+    cells[:, :, 1, 3] = 1.0  # the unnamed word looks anywhere
+    cells[:, :, 3, 2] = 1.0  # the padding too
+    expected = torch.tensor([math.tanh(1.5), -math.tanh(1.5)])
+    torch.testing.assert_close(readout(text, mask, cells, (2, 2)), expected, atol=1e-5, rtol=0)
+
+
+def test_a_head_with_the_order_readout_adds_it_to_the_matching_logit_and_trains_it():
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, order_readout=True)))
+    head = model.grounding_head
+    assert SeeYouConfig.from_dict(model.config.to_dict()).grounding_config.order_readout
+    assert head.order.scale.item() == 1.0
+    inputs = _inputs()
+    out = model(**inputs)
+    out.itm_logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.order.parameters())
+    with torch.no_grad():
+        head.order.scale.zero_()
+        plain = model(**inputs).itm_logits
+    assert not torch.allclose(out.itm_logits.detach(), plain)
+    with pytest.raises(ValueError, match="order_readout compares the words of the whole text"):
+        SeeYouConfig(grounding_config=dict(HEAD, order_readout=True, itm_pooling="cls"))
