@@ -129,6 +129,8 @@ class SeeYouPreTrainedModel(PreTrainedModel):
         if isinstance(module, SeeYouModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
         if isinstance(module, OrderReadout):
+            for weight in (module.gate_weight, module.gate_bias, module.axis_weight, module.axis_bias):
+                init.zeros_(weight)
             init.ones_(module.scale)
 
     if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):
