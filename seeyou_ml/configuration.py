@@ -85,13 +85,6 @@ class SeeYouGroundingConfig(PreTrainedConfig):
             whole batch. Re-ranking a top 10 asks the head to order ten near misses; 7 puts eight candidates in each
             softmax. With negative captions in the batch (`data.return_negative_captions`), each image ranks its caption
             against its N negative captions and the `rank_negatives - N` hardest captions of the batch.
-        order_readout (`bool`, *optional*, defaults to `False`):
-            Add to the matching logit a learned check of spatial order ([`OrderReadout`]): where each word looks in
-            the first fusion layer (its attention's centroid), projected on an axis the text gives, compared for every
-            two words in the order the text says them, weighted by how much each word names an object. A caption
-            that lists objects in a spatial order ("from left to right: ...") is then told from the same objects
-            listed in another order, which the mean of the fused tokens does not separate. Needs
-            `itm_pooling="mean"`.
         expression_train_pairs (`int`, *optional*):
             Likewise for the referring expressions: in training the head grounds the first `expression_train_pairs`
             of each process's batch (their boxes and attention maps); `None` grounds every one.
@@ -124,7 +117,6 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     itm_train_pairs: int | None = None
     rank_negatives: int = 7
     expression_train_pairs: int | None = None
-    order_readout: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -142,9 +134,6 @@ class SeeYouGroundingConfig(PreTrainedConfig):
                              "the reference centroid over the whole map.")
         if self.itm_pooling not in ("mean", "cls"):
             raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
-        if self.order_readout and self.itm_pooling != "mean":
-            raise ValueError("grounding_config.order_readout compares the words of the whole text, which "
-                             "itm_pooling='cls' does not fuse for matching; use itm_pooling='mean'.")
         if self.text_positions is not None and self.text_positions < 1:
             raise ValueError(f"grounding_config.text_positions must be >= 1, got {self.text_positions}; give the "
                              "longest text the head reads in tokens, or None for no position embeddings.")

@@ -5,8 +5,7 @@ the queries; the cells of the vision tower's feature map (ResNet H x W cells, or
 sine-cosine position code, are keys and values. Every layer is self-attention over the text, cross-attention to the
 regions and an FFN (pre-norm). Three readouts:
 
-- an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`), plus,
-  with `order_readout`, a check that the words name things in the order the image shows them ([`OrderReadout`]);
+- an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`);
 - a box `(cx, cy, w, h)` in [0, 1] for a referring expression: its centre is the attention centroid of the
   expression's tokens in the last layer (a reference point, as Deformable DETR's; sharpened towards the map's peak by
   `reference_sharpness`, and taken around the peak by `reference_window`) moved by a learned offset, its size
@@ -179,55 +178,6 @@ class FusionLayer(nn.Module):
         return self.attend_regions(self.attend_text(text, text_mask), *self.region_keys(regions))
 
 
-class OrderReadout(nn.Module):
-    """A matching score for whether a text lists what it names in the order the image shows it.
-
-    Each word's place in the image is the centroid of its first-layer cross-attention (heads averaged; the layer
-    `mention_attention_loss` trains to find each named object), projected on an axis the text gives ("from left to
-    right", "from top to bottom"). The axis is a linear function of the fused states' mean and of their first moment
-    over the text's positions (each state weighted by how far after the text's middle it stands): the mean holds
-    which words a text has, the same for "from left to right" and "from right to left"; the moment, which of them
-    comes first. For every two words, the earlier one's place should come first along that axis: the score is the
-    mean of `tanh(later - earlier)` over the pairs, each pair weighted by the product of the two words' gates (a
-    learned sigmoid of each fused state: how much a word names an object). In [-1, 1] and scaled by a learned
-    factor, it is added to the matching logit.
-    """
-
-    def __init__(self, config: SeeYouGroundingConfig):
-        super().__init__()
-        d = config.hidden_size
-        # Zeros (every gate 1/2, no axis) and a scale of 1: the readout starts at 0 and draws no random numbers, so
-        # adding it changes no other weight's initialisation.
-        self.gate_weight, self.gate_bias = nn.Parameter(torch.zeros(d)), nn.Parameter(torch.zeros(()))
-        self.axis_weight, self.axis_bias = nn.Parameter(torch.zeros(2, 2 * d)), nn.Parameter(torch.zeros(2))
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def gates(self, text: torch.Tensor) -> torch.Tensor:
-        """(B, T) how much each of the (B, T, d) fused words names an object, in (0, 1)."""
-        return torch.sigmoid(text.float() @ self.gate_weight + self.gate_bias)
-
-    def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, first_map: torch.Tensor, region_size: tuple[int, int]
-    ) -> torch.Tensor:
-        """(B, T, d) fused text, (B, T) mask, (B, heads, T, L) first-layer cross-attention -> (B,) logit terms."""
-        mask, states = text_mask.float(), text.float()
-        centroids = first_map.float().mean(1) @ cell_centres(*region_size, first_map.device, torch.float32)  # (B, T, 2)
-        length = text.shape[1]
-        share = mask / mask.sum(1, keepdim=True).clamp(min=1.0)  # (B, T)
-        position = torch.arange(length, device=text.device, dtype=torch.float32) / max(length - 1, 1)  # (T,)
-        offset = position - (share * position).sum(1, keepdim=True)  # (B, T): after the text's middle > 0
-        mean_state = (states * share[:, :, None]).sum(1)  # (B, d)
-        moment = (states * (share * offset)[:, :, None]).sum(1)  # (B, d)
-        axis = F.linear(torch.cat([mean_state, moment], dim=-1), self.axis_weight, self.axis_bias)  # (B, 2)
-        place = (centroids @ axis[:, :, None]).squeeze(-1)  # (B, T): each word's place on the axis
-        gates = self.gates(states) * mask  # (B, T)
-        earlier = torch.ones(length, length, dtype=torch.bool, device=text.device).triu(1)  # [t, t'] for t < t'
-        weights = gates[:, :, None] * gates[:, None, :] * earlier  # (B, T, T)
-        agreement = torch.tanh(place[:, None, :] - place[:, :, None])  # (B, T, T): later minus earlier
-        order = (weights * agreement).sum((1, 2)) / weights.sum((1, 2)).clamp(min=1e-6)  # (B,)
-        return (self.scale * order).to(text.dtype)
-
-
 class GroundingHead(nn.Module):
     """Cross-modal fusion layers with matching, box and attention readouts (see the module docstring).
 
@@ -257,7 +207,6 @@ class GroundingHead(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.itm = nn.Linear(d, 1)
-        self.order = OrderReadout(config) if config.order_readout else None
         self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
 
     def encode_regions(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -342,8 +291,6 @@ class GroundingHead(nn.Module):
         else:
             weights = text_mask / text_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
             itm_logits = self.itm((text * weights[:, :, None]).sum(1)).squeeze(-1)  # (B, T, d) -> (B, d) -> (B,)
-        if self.order is not None:
-            itm_logits = itm_logits + self.order(text, text_mask, maps[0], region_size)
         if not locate:
             return GroundingHeadOutput(itm_logits=itm_logits)
 

@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 
 from .adapters import ADAPTERS_FOLDER, base_state_dict, language_adapters, language_routing, load_language_adapters
 from .configuration import SeeYouConfig
-from .grounding import GroundingHead, OrderReadout
+from .grounding import GroundingHead
 from .losses import contrastive_loss, image_ids_to_tensor
 from .towers import build_tower, encode_image, encode_text, length_groups, load_tower, vision_width
 
@@ -128,10 +128,6 @@ class SeeYouPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, SeeYouModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-        if isinstance(module, OrderReadout):
-            for weight in (module.gate_weight, module.gate_bias, module.axis_weight, module.axis_bias):
-                init.zeros_(weight)
-            init.ones_(module.scale)
 
     if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):
         # transformers before 5.24 names these `gradient_checkpointing_*`; the current names work on both.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from PIL import Image
@@ -455,53 +453,3 @@ def test_the_model_returns_where_each_named_object_looks_and_its_negative_captio
     torch.testing.assert_close(out.grounding_negative_text, head.encode_text(states, flat))
     out.mention_attention.sum().backward()
     assert all(p.grad is None for p in model.text_model.parameters())  # detached towers: the head alone learns
-
-
-def test_the_order_readout_scores_whether_the_named_objects_lie_in_the_order_the_text_lists_them():
-    from seeyou_ml.configuration import SeeYouGroundingConfig
-    from seeyou_ml.grounding import OrderReadout
-
-    readout = OrderReadout(SeeYouGroundingConfig(hidden_size=4, num_attention_heads=2, order_readout=True))
-    with torch.no_grad():
-        readout.gate_weight.copy_(torch.tensor([100.0, 0.0, 0.0, 0.0]))  # the first feature marks a naming word
-        readout.gate_bias.fill_(-50.0)
-        readout.axis_weight[0, 4 + 1] = -27.0  # x from the moment of the second feature (the moment's first of 4)
-    # Four tokens over a 2 x 2 grid: words 0 and 2 name objects, word 1 does not, word 3 is padding. The second feature
-    # is +1 on word 0 and -1 on word 1 ("from left to right"), or the other way round ("from right to left").
-    text = torch.zeros(4, 4, 4)
-    text[:, [0, 2, 3], 0] = 1.0
-    text[:2, 0, 1], text[:2, 1, 1] = 1.0, -1.0
-    text[2:, 0, 1], text[2:, 1, 1] = -1.0, 1.0
-    mask = torch.tensor([[1, 1, 1, 0]]).repeat(4, 1)
-    cells = torch.zeros(4, 2, 4, 4)  # (B, heads, T, cells); cells 0 and 1 are the top row's, x = 0.25 and 0.75
-    cells[[0, 2], :, 0, 0] = cells[[0, 2], :, 2, 1] = 1.0  # the first named object on the left
-    cells[[1, 3], :, 0, 1] = cells[[1, 3], :, 2, 0] = 1.0  # on the right
-    cells[:, :, 1, 3] = 1.0  # the unnamed word looks anywhere
-    cells[:, :, 3, 2] = 1.0  # the padding too
-    # Positions 0, 1/3, 2/3 around their mean 1/3: the moment's x is (1/3) (-1/3 * 1 + 0 * -1) = -1/9 for "from left
-    # to right", an axis of 3 per image width; the named objects lie 1/2 apart.
-    expected = torch.tensor([1.0, -1.0, -1.0, 1.0]) * math.tanh(1.5)
-    torch.testing.assert_close(readout(text, mask, cells, (2, 2)), expected, atol=1e-5, rtol=0)
-
-
-def test_a_head_with_the_order_readout_adds_it_to_the_matching_logit_and_trains_it():
-    torch.manual_seed(0)
-    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
-                                    grounding_config=dict(HEAD, order_readout=True)))
-    head = model.grounding_head
-    assert SeeYouConfig.from_dict(model.config.to_dict()).grounding_config.order_readout
-    # It starts at 0 (every gate 1/2, no axis), so the head's logits are those of the same head without it.
-    assert head.order.scale.item() == 1.0 and not any(p.abs().sum() for p in head.order.parameters() if p.dim())
-    inputs = _inputs()
-    out = model(**inputs)
-    torch.manual_seed(0)
-    without = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD))
-    torch.testing.assert_close(out.itm_logits, without(**inputs).itm_logits)
-    out.itm_logits.sum().backward()
-    assert head.order.axis_weight.grad.abs().sum() > 0 and head.order.axis_bias.grad.abs().sum() > 0
-    with torch.no_grad():
-        head.order.axis_bias.fill_(1.0)
-        torch.testing.assert_close(head.order.gates(torch.zeros(1, 2, 16)), torch.full((1, 2), 0.5))
-        assert not torch.allclose(model(**inputs).itm_logits, out.itm_logits)
-    with pytest.raises(ValueError, match="order_readout compares the words of the whole text"):
-        SeeYouConfig(grounding_config=dict(HEAD, order_readout=True, itm_pooling="cls"))
