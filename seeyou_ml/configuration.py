@@ -88,6 +88,14 @@ class SeeYouGroundingConfig(PreTrainedConfig):
         expression_train_pairs (`int`, *optional*):
             Likewise for the referring expressions: in training the head grounds the first `expression_train_pairs`
             of each process's batch (their boxes and attention maps); `None` grounds every one.
+        order_readout (`bool`, *optional*, defaults to `False`):
+            Add to the matching logit a check of spatial order ([`OrderReadout`]): where each word looks in the first
+            fusion layer (its attention's centroid), compared for every two words in the order the text says them,
+            along the direction the text names ("from left to right", "from bottom to top"), weighted by how much
+            each word names an object. A caption that lists objects in a spatial order is then told from the same
+            objects listed in another order, which the mean of the fused tokens does not separate. Which words name
+            objects and which direction a text names are taught by the loss term `order_loss` (from the corpus's
+            mention spans and boxes); the readout's weight in the logit, by the matching terms.
 
     Example:
 
@@ -117,6 +125,7 @@ class SeeYouGroundingConfig(PreTrainedConfig):
     itm_train_pairs: int | None = None
     rank_negatives: int = 7
     expression_train_pairs: int | None = None
+    order_readout: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -134,6 +143,10 @@ class SeeYouGroundingConfig(PreTrainedConfig):
                              "the reference centroid over the whole map.")
         if self.itm_pooling not in ("mean", "cls"):
             raise ValueError(f"grounding_config.itm_pooling must be 'mean' or 'cls', got {self.itm_pooling!r}.")
+        if self.order_readout and self.itm_pooling == "cls" and self.num_hidden_layers == 1:
+            raise ValueError("grounding_config.order_readout reads where every word looks in the first fusion layer, "
+                             "which with itm_pooling='cls' and one layer updates the first token only; use two "
+                             "layers or itm_pooling='mean'.")
         if self.text_positions is not None and self.text_positions < 1:
             raise ValueError(f"grounding_config.text_positions must be >= 1, got {self.text_positions}; give the "
                              "longest text the head reads in tokens, or None for no position embeddings.")

@@ -5,7 +5,8 @@ the queries; the cells of the vision tower's feature map (ResNet H x W cells, or
 sine-cosine position code, are keys and values. Every layer is self-attention over the text, cross-attention to the
 regions and an FFN (pre-norm). Three readouts:
 
-- an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`);
+- an image-text matching logit from the mean of the fused token states (or the first token's, `itm_pooling`), plus,
+  with `order_readout`, a check that the words name things in the order the image shows them ([`OrderReadout`]);
 - a box `(cx, cy, w, h)` in [0, 1] for a referring expression: its centre is the attention centroid of the
   expression's tokens in the last layer (a reference point, as Deformable DETR's; sharpened towards the map's peak by
   `reference_sharpness`, and taken around the peak by `reference_window`) moved by a learned offset, its size
@@ -40,6 +41,10 @@ class GroundingHeadOutput(ModelOutput):
         itm_logits (`torch.FloatTensor` of shape `(B,)`): Image-text matching logit of each pair.
         pred_boxes (`torch.FloatTensor` of shape `(B, 4)`): `(cx, cy, w, h)` in [0, 1] of the image.
         cross_attentions (`tuple[torch.FloatTensor]`): One `(B, heads, T, H*W)` map per layer.
+        order_gate_logits (`torch.FloatTensor` of shape `(B, T)`, with `order_readout`): How much each word names an
+            object (a logit; [`OrderReadout.text_cues`]).
+        order_direction_logits (`torch.FloatTensor` of shape `(B, 4)`, with `order_readout`): Which of
+            [`ORDER_DIRECTIONS`] the text lists things in (logits).
         expression_attention (`torch.FloatTensor` of shape `(B, H*W)`): The last layer's map, heads averaged, over
             the expression's tokens (mask-weighted mean); sums to 1 over the cells.
     """
@@ -48,6 +53,8 @@ class GroundingHeadOutput(ModelOutput):
     pred_boxes: torch.FloatTensor | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     expression_attention: torch.FloatTensor | None = None
+    order_gate_logits: torch.FloatTensor | None = None
+    order_direction_logits: torch.FloatTensor | None = None
 
 
 def region_grid(feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -178,6 +185,72 @@ class FusionLayer(nn.Module):
         return self.attend_regions(self.attend_text(text, text_mask), *self.region_keys(regions))
 
 
+#: The directions a text can list things in, as unit steps in the image (x to the right, y down): left to right,
+#: right to left, top to bottom, bottom to top.
+ORDER_DIRECTIONS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
+
+
+class OrderReadout(nn.Module):
+    """A matching score for whether a text lists what it names in the order the image shows it.
+
+    Each word's place in the image is the centroid of its first-layer cross-attention (heads averaged; the layer
+    `mention_attention_loss` trains to find each named object; read, not trained, here). For every two words, the
+    earlier one's place should come first along the direction the text names: per direction of [`ORDER_DIRECTIONS`],
+    the mean of `tanh(sharpness * (later - earlier))` over the pairs, each pair weighted by the product of the two
+    words' gates (how much each names an object); the directions are weighted by the text's direction
+    probabilities. In [-1, 1] and scaled by a learned factor (0 at first), it is added to the matching logit.
+
+    Gates and direction are read from the head's input words ([`OrderReadout.text_cues`]), before any word has seen
+    the image: the gates from each word, the direction from the words' mean (which words the text has) and their first
+    moment over the text's positions (which of them comes first: "from left to right" and "from right to left" have
+    the same words). The loss term `order_loss` teaches both from the corpus's mention spans and boxes; the matching
+    loss alone did not (it weighed the words before the list, whose centroids lie mid-image, and found no direction).
+    """
+
+    def __init__(self, config: SeeYouGroundingConfig):
+        super().__init__()
+        d, k = config.hidden_size, len(ORDER_DIRECTIONS)
+        # Zeros and constants (set again by SeeYouPreTrainedModel._init_weights): the readout draws no random numbers,
+        # so adding it changes no other weight's initialisation, and its term starts at 0.
+        self.gate_weight, self.gate_bias = nn.Parameter(torch.zeros(d)), nn.Parameter(torch.zeros(()))
+        self.direction_weight, self.direction_bias = nn.Parameter(torch.zeros(k, 2 * d)), nn.Parameter(torch.zeros(k))
+        self.log_sharpness = nn.Parameter(torch.tensor(math.log(self.initial_sharpness)))
+        self.scale = nn.Parameter(torch.zeros(()))
+
+    #: Centroids a tenth of the image apart give tanh(1) at first.
+    initial_sharpness = 10.0
+
+    def text_cues(self, words: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, d) words, (B, T) mask -> `(gate_logits (B, T), direction_logits (B, len(ORDER_DIRECTIONS)))`."""
+        mask, words = text_mask.float(), words.float()
+        length = words.shape[1]
+        share = mask / mask.sum(1, keepdim=True).clamp(min=1.0)  # (B, T)
+        position = torch.arange(length, device=words.device, dtype=torch.float32) / max(length - 1, 1)  # (T,)
+        offset = position - (share * position).sum(1, keepdim=True)  # (B, T): after the text's middle > 0
+        summary = torch.cat([(words * share[:, :, None]).sum(1), (words * (share * offset)[:, :, None]).sum(1)], -1)
+        return words @ self.gate_weight + self.gate_bias, F.linear(summary, self.direction_weight, self.direction_bias)
+
+    def forward(
+        self,
+        gate_logits: torch.Tensor,
+        direction_logits: torch.Tensor,
+        text_mask: torch.Tensor,
+        first_map: torch.Tensor,
+        region_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Cues of [`text_cues`], (B, T) mask, (B, heads, T, L) first-layer cross-attention -> (B,) logit terms."""
+        centres = cell_centres(*region_size, first_map.device, torch.float32)  # (L, 2)
+        directions = torch.tensor(ORDER_DIRECTIONS, device=first_map.device)  # (K, 2)
+        place = first_map.detach().float().mean(1) @ (centres @ directions.T)  # (B, T, K): along each direction
+        gates = torch.sigmoid(gate_logits) * text_mask.float()  # (B, T)
+        length = gates.shape[1]
+        earlier = torch.ones(length, length, dtype=torch.bool, device=gates.device).triu(1)  # [t, t'] for t < t'
+        weights = gates[:, :, None] * gates[:, None, :] * earlier  # (B, T, T)
+        agreement = torch.tanh(self.log_sharpness.exp() * (place[:, None, :, :] - place[:, :, None, :]))  # later - earlier
+        order = torch.einsum("bst,bstk->bk", weights, agreement) / weights.sum((1, 2)).clamp(min=1e-6)[:, None]
+        return self.scale * (order * direction_logits.softmax(-1)).sum(-1)  # (B,)
+
+
 class GroundingHead(nn.Module):
     """Cross-modal fusion layers with matching, box and attention readouts (see the module docstring).
 
@@ -207,6 +280,7 @@ class GroundingHead(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.itm = nn.Linear(d, 1)
+        self.order = OrderReadout(config) if config.order_readout else None
         self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
 
     def encode_regions(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -274,6 +348,7 @@ class GroundingHead(nn.Module):
             # index_put, several times faster on CPUs.
             text, text_mask, regions = text.index_select(0, texts), text_mask[texts], regions.index_select(0, images)
         first_only = not locate and self.config.itm_pooling == "cls"
+        cues = None if self.order is None else self.order.text_cues(text, text_mask)  # per distinct text
         maps = []
         for depth, layer in enumerate(self.layers):
             text = layer.attend_text(text, text_mask, first_only and depth == len(self.layers) - 1)
@@ -291,8 +366,14 @@ class GroundingHead(nn.Module):
         else:
             weights = text_mask / text_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
             itm_logits = self.itm((text * weights[:, :, None]).sum(1)).squeeze(-1)  # (B, T, d) -> (B, d) -> (B,)
+        order = {}
+        if cues is not None:
+            if pairs is not None:
+                cues = tuple(cue.index_select(0, pair_text) for cue in cues)
+            itm_logits = itm_logits + self.order(*cues, text_mask, maps[0], region_size).to(itm_logits.dtype)
+            order = {"order_gate_logits": cues[0], "order_direction_logits": cues[1]}
         if not locate:
-            return GroundingHeadOutput(itm_logits=itm_logits)
+            return GroundingHeadOutput(itm_logits=itm_logits, **order)
 
         expression_mask = text_mask if expression_mask is None else expression_mask.to(text.dtype) * text_mask
         share = expression_mask / expression_mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T)
@@ -305,7 +386,8 @@ class GroundingHead(nn.Module):
         centre = torch.sigmoid(torch.logit(reference) + raw[:, :2])
         pred_boxes = torch.cat([centre, torch.sigmoid(raw[:, 2:])], dim=-1)  # (B, 4) cx, cy, w, h
         return GroundingHeadOutput(
-            itm_logits=itm_logits, pred_boxes=pred_boxes, cross_attentions=tuple(maps), expression_attention=attention
+            itm_logits=itm_logits, pred_boxes=pred_boxes, cross_attentions=tuple(maps), expression_attention=attention,
+            **order,
         )
 
     def forward(

@@ -21,6 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .grounding import ORDER_DIRECTIONS
+
 
 # ---- Collective helpers ----------------------------------------------------------------------------------------------
 # Collective helpers of the losses: which process this is, all-gathers with and without a gradient path, and image
@@ -701,6 +703,56 @@ def mention_attention_term(outputs: Mapping[str, Any], batch: Mapping[str, Any],
     return attention_mass_loss(attention[valid], mask)
 
 
+def listed_directions(mention_token_mask: torch.Tensor, mention_boxes: torch.Tensor) -> torch.Tensor:
+    """Which of [`~seeyou_ml.grounding.ORDER_DIRECTIONS`] each text lists its named objects in, from where they lie.
+
+    Args:
+        mention_token_mask: (B, M, T), the tokens that name each of up to M objects (all False for no object).
+        mention_boxes: (B, M, 4) their boxes, `(cx, cy, w, h)`.
+
+    Returns:
+        (B, K) bool: direction k is True where every object's centre lies strictly further along it than the centre
+        of the object named before it. A text that names fewer than two objects has no direction (all False); two
+        objects lie in more than one direction (right and down, say), so more than one can be True.
+    """
+    named = mention_token_mask.any(-1)  # (B, M)
+    length = mention_token_mask.shape[-1]
+    positions = torch.arange(length, device=mention_token_mask.device)
+    first = torch.where(mention_token_mask, positions, length).amin(-1)  # (B, M): first token of each object
+    order = torch.where(named, first, length + 1).argsort(dim=1)  # named objects in the text's order, then the rest
+    named = named.gather(1, order)
+    centres = mention_boxes[..., :2].float().gather(1, order[:, :, None].expand(-1, -1, 2))  # (B, M, 2)
+    directions = torch.tensor(ORDER_DIRECTIONS, device=centres.device)  # (K, 2)
+    steps = (centres[:, 1:] - centres[:, :-1]) @ directions.T  # (B, M - 1, K)
+    counted = (named[:, 1:] & named[:, :-1])[:, :, None]  # steps between two named objects
+    return ((steps > 0) | ~counted).all(1) & counted.any(1)
+
+
+@register_loss_term("order_loss", embeddings_only=False, needs=("grounding_head", "mentions", "order_readout"))
+def order_term(outputs: Mapping[str, Any], batch: Mapping[str, Any], model: nn.Module) -> torch.Tensor:
+    """What the order readout ([`~seeyou_ml.grounding.OrderReadout`]) reads from a text, taught from the corpus's
+    mentions: which words name an object (binary cross-entropy of each word's gate against whether it lies in a
+    mention span) plus which direction the text lists them in (minus the log of the probability the readout gives
+    the directions the named objects' boxes lie in, [`listed_directions`]: two objects lie in two directions at
+    once, and only the text tells which it meant, so the readout learns to put the mass on the one the text names).
+    Texts that name fewer than two objects count for the gates only.
+    """
+    _require(outputs, batch, "order_loss",
+             ("order_gate_logits", "order_direction_logits", "mention_boxes", "mention_token_mask"))
+    gate_logits = outputs["order_gate_logits"].float()  # (n, T)
+    n = gate_logits.shape[0]
+    mentions = batch["mention_token_mask"][:n].to(gate_logits.device)  # (n, M, T)
+    words = batch["attention_mask"][:n].to(gate_logits.device).bool()  # (n, T)
+    gate_loss = F.binary_cross_entropy_with_logits(gate_logits[words], mentions.any(1)[words].float())
+    listed = listed_directions(mentions, batch["mention_boxes"][:n].to(gate_logits.device))  # (n, K)
+    stated = listed.any(-1)
+    if not bool(stated.any()):
+        return gate_loss
+    log_probability = outputs["order_direction_logits"].float()[stated].log_softmax(-1)
+    direction_loss = -torch.logsumexp(log_probability.masked_fill(~listed[stated], float("-inf")), dim=-1).mean()
+    return gate_loss + direction_loss
+
+
 def check_loss_terms(
     losses: Mapping[str, LossTermConfig], sub_batching: bool, provided: set[str] | None = None
 ) -> None:
@@ -717,7 +769,8 @@ def check_loss_terms(
         raise ValueError("No loss term starts at step 0; give at least one term `start_step: 0` in `losses:`.")
     fixes = {"grounding_head": "a grounding head (model.config_overrides.grounding_config)",
              "phrases": "the referring expressions in each batch (data.return_phrases: true)",
-             "mentions": "the objects each caption names, with their boxes, in each batch (data.return_mentions: true)"}
+             "mentions": "the objects each caption names, with their boxes, in each batch (data.return_mentions: true)",
+             "order_readout": "the head's order readout (grounding_config.order_readout: true)"}
     for name in sorted(losses):
         missing = [need for need in LOSS_TERMS[name].needs if provided is not None and need not in provided]
         if missing:
@@ -788,6 +841,7 @@ __all__ = [
     "hardest_negative_indices",
     "image_ids_to_tensor",
     "itm_loss",
+    "listed_directions",
     "logit_scale_of",
     "register_loss_term",
     "sample_hard_negatives",

@@ -7,6 +7,7 @@ transformers' `VisionTextDualEncoderModel` for composing two pretrained towers.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from transformers.utils import ModelOutput
 
 from .adapters import ADAPTERS_FOLDER, base_state_dict, language_adapters, language_routing, load_language_adapters
 from .configuration import SeeYouConfig
-from .grounding import GroundingHead
+from .grounding import GroundingHead, OrderReadout
 from .losses import contrastive_loss, image_ids_to_tensor
 from .towers import build_tower, encode_image, encode_text, length_groups, load_tower, vision_width
 
@@ -62,6 +63,10 @@ class SeeYouOutput(ModelOutput):
         mention_attention (`torch.FloatTensor` of shape `(n, M, H*W)`, *optional*, with a grounding head and
             `mention_token_mask`): for each object a matched caption names, the first fusion layer's cross-attention
             of its tokens (heads and tokens averaged) in the caption's own image; sums to 1 over the cells.
+        order_gate_logits (`torch.FloatTensor` of shape `(n, T)`, *optional*, with `mention_token_mask` and
+            `grounding_config.order_readout`): how much each word of a matched caption names an object (logits).
+        order_direction_logits (`torch.FloatTensor` of shape `(n, 4)`, *optional*, likewise): which direction each
+            matched caption lists its objects in (logits over `seeyou_ml.grounding.ORDER_DIRECTIONS`).
         grounding_negative_text (`torch.FloatTensor` of shape `(n * N, T, d)`, *optional*, with a grounding head and
             `negative_input_ids`): the matched captions' N negative captions in the head's width, for the matching loss.
         negative_attention_mask (`torch.LongTensor` of shape `(n * N, T)`, *optional*, with
@@ -83,6 +88,8 @@ class SeeYouOutput(ModelOutput):
     grounding_regions: torch.FloatTensor | None = None
     grounding_text: torch.FloatTensor | None = None
     mention_attention: torch.FloatTensor | None = None
+    order_gate_logits: torch.FloatTensor | None = None
+    order_direction_logits: torch.FloatTensor | None = None
     grounding_negative_text: torch.FloatTensor | None = None
     negative_attention_mask: torch.LongTensor | None = None
 
@@ -128,6 +135,11 @@ class SeeYouPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, SeeYouModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        if isinstance(module, OrderReadout):
+            for weight in (module.gate_weight, module.gate_bias, module.direction_weight, module.direction_bias,
+                           module.scale):
+                init.zeros_(weight)
+            init.constant_(module.log_sharpness, math.log(module.initial_sharpness))
 
     if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):
         # transformers before 5.24 names these `gradient_checkpointing_*`; the current names work on both.
@@ -470,6 +482,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
             first = caption.cross_attentions[0].mean(1)  # (n, h, T, L) -> (n, T, L)
             share = mention_token_mask[:n].to(first.dtype)  # (n, M, T)
             extra["mention_attention"] = (share / share.sum(-1, keepdim=True).clamp(min=1.0)) @ first  # (n, M, L)
+            if head.order is not None:
+                extra.update(order_gate_logits=caption.order_gate_logits,
+                             order_direction_logits=caption.order_direction_logits)
         if negative_input_ids is not None:
             ids = negative_input_ids[:n].flatten(0, 1)  # (n * N, T)
             mask = torch.ones_like(ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -453,3 +455,103 @@ def test_the_model_returns_where_each_named_object_looks_and_its_negative_captio
     torch.testing.assert_close(out.grounding_negative_text, head.encode_text(states, flat))
     out.mention_attention.sum().backward()
     assert all(p.grad is None for p in model.text_model.parameters())  # detached towers: the head alone learns
+
+
+def test_the_order_readout_scores_whether_the_named_objects_lie_in_the_order_the_text_lists_them():
+    from seeyou_ml.configuration import SeeYouGroundingConfig
+    from seeyou_ml.grounding import OrderReadout
+
+    readout = OrderReadout(SeeYouGroundingConfig(hidden_size=4, num_attention_heads=2, order_readout=True))
+    assert readout.scale.item() == 0.0  # off until the matching terms weigh it
+    with torch.no_grad():
+        readout.scale.fill_(1.0)
+    # Four tokens over a 2 x 2 grid: words 0 and 2 name objects, word 1 does not, word 3 is padding.
+    gate_logits = torch.tensor([[50.0, -50.0, 50.0, 50.0]]).repeat(4, 1)
+    mask = torch.tensor([[1, 1, 1, 0]]).repeat(4, 1)
+    # Texts 0 and 1 say "from left to right", 2 and 3 "from right to left".
+    direction_logits = torch.tensor([[50.0, 0.0, 0.0, 0.0]] * 2 + [[0.0, 50.0, 0.0, 0.0]] * 2)
+    cells = torch.zeros(4, 2, 4, 4)  # (B, heads, T, cells); cells 0 and 1 are the top row's, x = 0.25 and 0.75
+    cells[[0, 2], :, 0, 0] = cells[[0, 2], :, 2, 1] = 1.0  # the first named object on the left
+    cells[[1, 3], :, 0, 1] = cells[[1, 3], :, 2, 0] = 1.0  # on the right
+    cells[:, :, 1, 3] = 1.0  # the unnamed word looks anywhere
+    cells[:, :, 3, 2] = 1.0  # the padding too
+    # The named objects lie 1/2 apart, at the starting sharpness of 10.
+    expected = torch.tensor([1.0, -1.0, -1.0, 1.0]) * math.tanh(5.0)
+    torch.testing.assert_close(readout(gate_logits, direction_logits, mask, cells, (2, 2)), expected)
+
+
+def test_the_order_readout_reads_the_direction_from_which_word_comes_first():
+    from seeyou_ml.configuration import SeeYouGroundingConfig
+    from seeyou_ml.grounding import OrderReadout
+
+    readout = OrderReadout(SeeYouGroundingConfig(hidden_size=4, num_attention_heads=2, order_readout=True))
+    with torch.no_grad():
+        readout.gate_weight.copy_(torch.tensor([2.0, 0.0, 0.0, 0.0]))
+        readout.gate_bias.fill_(-1.0)
+        readout.direction_weight[0, 4 + 1] = -9.0  # left to right from the moment of the second feature
+    # The second feature is +1 on word 0 and -1 on word 1 ("left ... right"), or the other way round; word 3 is padding.
+    words = torch.zeros(2, 4, 4)
+    words[:, [0, 2], 0] = 1.0
+    words[0, 0, 1], words[0, 1, 1] = 1.0, -1.0
+    words[1, 0, 1], words[1, 1, 1] = -1.0, 1.0
+    words[:, 3, 1] = 5.0  # padding counts for nothing
+    gate_logits, direction_logits = readout.text_cues(words, torch.tensor([[1, 1, 1, 0]] * 2))
+    torch.testing.assert_close(gate_logits, torch.tensor([[1.0, -1.0, 1.0, -1.0]] * 2))
+    # Positions 0, 1/3, 2/3 around their mean 1/3: the moment is (1/3) (-1/3 * 1 + 0 * -1) = -1/9, and +1/9 reversed.
+    torch.testing.assert_close(direction_logits, torch.tensor([[1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]]))
+
+
+def test_a_head_with_the_order_readout_starts_as_without_it_and_returns_its_cues_for_the_order_term():
+    from seeyou_ml.losses import LOSS_TERMS
+
+    torch.manual_seed(0)
+    model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
+                                    grounding_config=dict(HEAD, order_readout=True)))
+    head = model.grounding_head
+    assert SeeYouConfig.from_dict(model.config.to_dict()).grounding_config.order_readout
+    inputs = _inputs()
+    mentions = torch.zeros(3, 2, 7, dtype=torch.bool)
+    mentions[:, 0, 1], mentions[:, 1, 4:6] = True, True
+    out = model(**inputs, mention_token_mask=mentions)
+    torch.manual_seed(0)  # the readout draws no random numbers: the rest of the model initialises as without it
+    without = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD))
+    torch.testing.assert_close(out.itm_logits, without(**inputs).itm_logits)
+    states = model.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    cues = head.order.text_cues(head.encode_text(states, inputs["input_ids"]), inputs["attention_mask"])
+    torch.testing.assert_close(out.order_gate_logits, cues[0])
+    torch.testing.assert_close(out.order_direction_logits, cues[1])
+    batch = {**inputs, "mention_token_mask": mentions, "mention_boxes": torch.rand(3, 2, 4)}
+    LOSS_TERMS["order_loss"].fn(out, batch, model).backward()
+    assert head.order.gate_weight.grad.abs().sum() > 0 and head.order.direction_weight.grad.abs().sum() > 0
+    with torch.no_grad():  # a direction and a weight: the readout now changes the logits, and the matching trains it
+        head.order.direction_bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))
+        head.order.scale.fill_(1.0)
+    changed = model(**inputs).itm_logits
+    assert not torch.allclose(changed, out.itm_logits)
+    changed.sum().backward()
+    assert head.order.scale.grad.abs() > 0 and head.order.log_sharpness.grad.abs() > 0
+    with pytest.raises(ValueError, match="order_readout reads where every word looks in the first fusion layer"):
+        SeeYouConfig(grounding_config=dict(HEAD, order_readout=True, itm_pooling="cls", num_hidden_layers=1))
+
+
+def test_fusing_indexed_pairs_with_the_order_readout_equals_fusing_the_gathered_pairs():
+    from seeyou_ml.grounding import GroundingHead
+
+    torch.manual_seed(0)
+    config = SeeYouConfig(grounding_config=dict(HEAD, order_readout=True)).grounding_config
+    head = GroundingHead(config, text_width=16, vision_width=16)
+    with torch.no_grad():
+        for weight in head.order.parameters():
+            weight.copy_(torch.randn_like(weight))
+    text, regions = torch.randn(3, 5, 16), torch.randn(4, 9, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    text_index, region_index = torch.tensor([2, 0, 2, 1, 0, 2]), torch.tensor([0, 0, 3, 3, 1, 0])
+    for locate in (True, False):
+        indexed = head.fuse(text, mask, regions, (3, 3), locate=locate, pairs=(text_index, region_index))
+        gathered = head.fuse(text[text_index], mask[text_index], regions[region_index], (3, 3), locate=locate)
+        for name in ("itm_logits", "order_gate_logits", "order_direction_logits"):
+            torch.testing.assert_close(indexed[name], gathered[name])
+        weights = list(head.order.parameters())
+        for a, b in zip(*(torch.autograd.grad(out.itm_logits.sum(), weights) for out in (indexed, gathered)),
+                        strict=True):
+            torch.testing.assert_close(a, b)

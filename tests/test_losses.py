@@ -464,3 +464,43 @@ def test_the_mention_term_pulls_each_named_objects_attention_into_its_box():
     assert LOSS_TERMS["mention_attention_loss"].needs == ("grounding_head", "mentions")
     with pytest.raises(ValueError, match=r"mention_attention_loss needs \['mention_attention'\]"):
         compute_losses({"region_size": (2, 2)}, batch, None, {"mention_attention_loss": 1.0})
+
+
+def test_listed_directions_are_those_every_named_object_lies_further_along_than_the_one_named_before():
+    from seeyou_ml.losses import listed_directions
+
+    token_mask = torch.zeros(3, 3, 6, dtype=torch.bool)
+    boxes = torch.zeros(3, 3, 4)
+    token_mask[0, 0, 1] = token_mask[0, 1, 3] = token_mask[0, 2, 4:6] = True  # three objects, named in slot order
+    boxes[0, :, :2] = torch.tensor([[0.8, 0.5], [0.5, 0.6], [0.2, 0.9]])  # each further left and further down
+    token_mask[1, 0, 4] = token_mask[1, 1, 1] = True  # slot 1 is named first
+    boxes[1, :2, :2] = torch.tensor([[0.2, 0.2], [0.7, 0.9]])  # so the text goes left and up
+    token_mask[2, 0, 2] = True  # one object: no direction
+    directions = listed_directions(token_mask, boxes)  # left to right, right to left, top to bottom, bottom to top
+    assert directions.tolist() == [[False, True, True, False], [False, True, False, True], [False] * 4]
+
+
+def test_the_order_term_teaches_the_gates_the_named_words_and_the_direction_the_objects_lie_in():
+    from seeyou_ml.losses import LOSS_TERMS, check_loss_terms
+    from seeyou_ml.training.config import LossTermConfig
+
+    token_mask = torch.zeros(2, 2, 4, dtype=torch.bool)
+    token_mask[0, 0, 1] = token_mask[0, 1, 2] = True  # two objects, the first on the left of the second, higher up
+    token_mask[1, 0, 0] = True  # one object
+    boxes = torch.tensor([[[0.2, 0.1, 0.1, 0.1], [0.6, 0.5, 0.1, 0.1]], [[0.5, 0.5, 0.2, 0.2], [0.0] * 4]])
+    gate_logits = torch.tensor([[0.0, 2.0, 1.0, -3.0], [1.0, -1.0, 0.5, 0.0]])
+    direction_logits = torch.tensor([[1.0, 0.0, 2.0, -1.0], [5.0, 0.0, 0.0, 0.0]])
+    attention_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # the first text's last token is padding
+    outputs = {"order_gate_logits": gate_logits, "order_direction_logits": direction_logits}
+    batch = {"mention_token_mask": token_mask, "mention_boxes": boxes, "attention_mask": attention_mask}
+    _, terms = compute_losses(outputs, batch, None, {"order_loss": 1.0})
+    words = [(0.0, 0), (2.0, 1), (1.0, 1), (1.0, 1), (-1.0, 0), (0.5, 0), (0.0, 0)]  # (logit, named) of 7 words
+    gate = sum(math.log1p(math.exp(-x if named else x)) for x, named in words) / len(words)
+    # The first text: left to right and top to bottom both hold; the second names one object and counts for nothing.
+    direction = -math.log((math.exp(1.0) + math.exp(2.0)) / sum(math.exp(x) for x in (1.0, 0.0, 2.0, -1.0)))
+    torch.testing.assert_close(terms["order_loss"], torch.tensor(gate + direction))
+    assert LOSS_TERMS["order_loss"].needs == ("grounding_head", "mentions", "order_readout")
+    with pytest.raises(ValueError, match="Loss term order_loss needs the head's order readout "
+                                         r"\(grounding_config.order_readout: true\)"):
+        check_loss_terms({"contrastive_loss": LossTermConfig(), "order_loss": LossTermConfig(start_step=5)}, False,
+                         provided={"grounding_head", "mentions"})

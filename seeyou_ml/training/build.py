@@ -204,8 +204,11 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
     # Loss terms that start late are checked against what this run provides now, not when they start.
     provided = {name for name, on in (("phrases", recipe.data.return_phrases),
                                       ("mentions", recipe.data.return_mentions)) if on}
-    if getattr(model, "grounding_head", None) is not None:
+    head = getattr(model, "grounding_head", None)
+    if head is not None:
         provided.add("grounding_head")
+        if head.order is not None:
+            provided.add("order_readout")
     check_loss_terms(recipe.losses, sub_batching=False, provided=provided)
     collator = build_collator(recipe.data, processor, channels_last=recipe.model.channels_last, train=train)
     train_dataset = encoded_images(train) if recipe.data.cache_images else train
