@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration import SeeYouGroundingConfig
@@ -201,34 +202,43 @@ class OrderReadout(nn.Module):
     probabilities. In [-1, 1] and scaled by a learned factor (0 at first), it is added to the matching logit.
 
     Gates and direction are read from the head's input words ([`OrderReadout.text_cues`]), before any word has seen
-    the image: the gates from each word, the direction from the words' mean (which words the text has) and their first
-    moment over the text's positions (which of them comes first: "from left to right" and "from right to left" have
-    the same words). The loss term `order_loss` teaches both from the corpus's mention spans and boxes; the matching
-    loss alone did not (it weighed the words before the list, whose centroids lie mid-image, and found no direction).
+    the image: each word's gate from the word; the direction from which words come before which ("from left to
+    right" and "from right to left" have the same words): per direction, a bilinear score summed over every earlier
+    word s and later word t, `first(s) * second(t)`, with `first` and `second` linear in the word. The loss term
+    `order_loss` teaches both from the corpus's mention spans and boxes; the matching loss alone did not (it weighed
+    the words before the list, whose centroids lie mid-image, and found no direction), and a direction read from the
+    words' first moment over positions stayed at chance for "from left to right" against "from right to left".
     """
 
     def __init__(self, config: SeeYouGroundingConfig):
         super().__init__()
         d, k = config.hidden_size, len(ORDER_DIRECTIONS)
-        # Zeros and constants (set again by SeeYouPreTrainedModel._init_weights): the readout draws no random numbers,
-        # so adding it changes no other weight's initialisation, and its term starts at 0.
-        self.gate_weight, self.gate_bias = nn.Parameter(torch.zeros(d)), nn.Parameter(torch.zeros(()))
-        self.direction_weight, self.direction_bias = nn.Parameter(torch.zeros(k, 2 * d)), nn.Parameter(torch.zeros(k))
-        self.log_sharpness = nn.Parameter(torch.tensor(math.log(self.initial_sharpness)))
-        self.scale = nn.Parameter(torch.zeros(()))
+        self.gate_weight, self.gate_bias = nn.Parameter(torch.empty(d)), nn.Parameter(torch.empty(()))
+        self.first_word, self.second_word = nn.Parameter(torch.empty(k, d)), nn.Parameter(torch.empty(k, d))
+        self.direction_bias = nn.Parameter(torch.empty(k))
+        self.log_sharpness, self.scale = nn.Parameter(torch.empty(())), nn.Parameter(torch.empty(()))
+        self.reset_parameters()
 
     #: Centroids a tenth of the image apart give tanh(1) at first.
     initial_sharpness = 10.0
 
+    def reset_parameters(self) -> None:
+        """Gates at 1/2, the term at 0 (`scale`); the two word maps of the direction random (a product of zeros
+        learns nothing), drawn from a generator of their own, so that adding the readout changes no other weight's
+        initialisation. Weights loaded from a checkpoint are kept."""
+        generator = torch.Generator().manual_seed(0)
+        for weight in (self.first_word, self.second_word):
+            init.copy_(weight, torch.randn(weight.shape, generator=generator) / weight.shape[1] ** 0.5)
+        for weight in (self.gate_weight, self.gate_bias, self.direction_bias, self.scale):
+            init.zeros_(weight)
+        init.constant_(self.log_sharpness, math.log(self.initial_sharpness))
+
     def text_cues(self, words: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, d) words, (B, T) mask -> `(gate_logits (B, T), direction_logits (B, len(ORDER_DIRECTIONS)))`."""
-        mask, words = text_mask.float(), words.float()
-        length = words.shape[1]
-        share = mask / mask.sum(1, keepdim=True).clamp(min=1.0)  # (B, T)
-        position = torch.arange(length, device=words.device, dtype=torch.float32) / max(length - 1, 1)  # (T,)
-        offset = position - (share * position).sum(1, keepdim=True)  # (B, T): after the text's middle > 0
-        summary = torch.cat([(words * share[:, :, None]).sum(1), (words * (share * offset)[:, :, None]).sum(1)], -1)
-        return words @ self.gate_weight + self.gate_bias, F.linear(summary, self.direction_weight, self.direction_bias)
+        mask, words = text_mask.float()[:, :, None], words.float()
+        first, second = (words @ weight.T * mask for weight in (self.first_word, self.second_word))  # (B, T, K) each
+        before = first.cumsum(1) - first  # (B, T, K): summed over the earlier words
+        return words @ self.gate_weight + self.gate_bias, (before * second).sum(1) + self.direction_bias
 
     def forward(
         self,

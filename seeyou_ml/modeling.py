@@ -7,7 +7,6 @@ transformers' `VisionTextDualEncoderModel` for composing two pretrained towers.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -136,10 +135,7 @@ class SeeYouPreTrainedModel(PreTrainedModel):
         if isinstance(module, SeeYouModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
         if isinstance(module, OrderReadout):
-            for weight in (module.gate_weight, module.gate_bias, module.direction_weight, module.direction_bias,
-                           module.scale):
-                init.zeros_(weight)
-            init.constant_(module.log_sharpness, math.log(module.initial_sharpness))
+            module.reset_parameters()
 
     if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):
         # transformers before 5.24 names these `gradient_checkpointing_*`; the current names work on both.

@@ -488,20 +488,23 @@ def test_the_order_readout_reads_the_direction_from_which_word_comes_first():
     with torch.no_grad():
         readout.gate_weight.copy_(torch.tensor([2.0, 0.0, 0.0, 0.0]))
         readout.gate_bias.fill_(-1.0)
-        readout.direction_weight[0, 4 + 1] = -9.0  # left to right from the moment of the second feature
-    # The second feature is +1 on word 0 and -1 on word 1 ("left ... right"), or the other way round; word 3 is padding.
+        readout.first_word.zero_()
+        readout.second_word.zero_()
+        # Feature 1 marks "left", feature 2 "right": "left" before "right" is left to right, the reverse right to left.
+        readout.first_word[0, 1] = readout.second_word[0, 2] = 1.0
+        readout.first_word[1, 2] = readout.second_word[1, 1] = 3.0
+        readout.direction_bias.copy_(torch.tensor([0.0, 0.0, 0.5, 0.0]))
     words = torch.zeros(2, 4, 4)
-    words[:, [0, 2], 0] = 1.0
-    words[0, 0, 1], words[0, 1, 1] = 1.0, -1.0
-    words[1, 0, 1], words[1, 1, 1] = -1.0, 1.0
-    words[:, 3, 1] = 5.0  # padding counts for nothing
+    words[:, [0, 2], 0] = 1.0  # words 0 and 2 name objects
+    words[0, 0, 1] = words[0, 1, 2] = 1.0  # "left ... right"
+    words[1, 0, 2] = words[1, 1, 1] = 1.0  # "right ... left"
+    words[:, 3, 1:3] = 5.0  # padding counts for nothing
     gate_logits, direction_logits = readout.text_cues(words, torch.tensor([[1, 1, 1, 0]] * 2))
     torch.testing.assert_close(gate_logits, torch.tensor([[1.0, -1.0, 1.0, -1.0]] * 2))
-    # Positions 0, 1/3, 2/3 around their mean 1/3: the moment is (1/3) (-1/3 * 1 + 0 * -1) = -1/9, and +1/9 reversed.
-    torch.testing.assert_close(direction_logits, torch.tensor([[1.0, 0.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(direction_logits, torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 9.0, 0.5, 0.0]]))
 
 
-def test_a_head_with_the_order_readout_starts_as_without_it_and_returns_its_cues_for_the_order_term():
+def test_a_head_with_the_order_readout_starts_as_without_it_and_returns_its_cues_for_the_order_term(tmp_path):
     from seeyou_ml.losses import LOSS_TERMS
 
     torch.manual_seed(0)
@@ -522,7 +525,8 @@ def test_a_head_with_the_order_readout_starts_as_without_it_and_returns_its_cues
     torch.testing.assert_close(out.order_direction_logits, cues[1])
     batch = {**inputs, "mention_token_mask": mentions, "mention_boxes": torch.rand(3, 2, 4)}
     LOSS_TERMS["order_loss"].fn(out, batch, model).backward()
-    assert head.order.gate_weight.grad.abs().sum() > 0 and head.order.direction_weight.grad.abs().sum() > 0
+    assert all(weight.grad.abs().sum() > 0 for weight in (head.order.gate_weight, head.order.first_word,
+                                                           head.order.second_word, head.order.direction_bias))
     with torch.no_grad():  # a direction and a weight: the readout now changes the logits, and the matching trains it
         head.order.direction_bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))
         head.order.scale.fill_(1.0)
@@ -530,6 +534,10 @@ def test_a_head_with_the_order_readout_starts_as_without_it_and_returns_its_cues
     assert not torch.allclose(changed, out.itm_logits)
     changed.sum().backward()
     assert head.order.scale.grad.abs() > 0 and head.order.log_sharpness.grad.abs() > 0
+    model.save_pretrained(tmp_path)  # the trained readout is what loads, not a new initialisation
+    loaded = SeeYouModel.from_pretrained(tmp_path).grounding_head.order
+    for name, weight in head.order.named_parameters():
+        torch.testing.assert_close(getattr(loaded, name), weight, msg=name)
     with pytest.raises(ValueError, match="order_readout reads where every word looks in the first fusion layer"):
         SeeYouConfig(grounding_config=dict(HEAD, order_readout=True, itm_pooling="cls", num_hidden_layers=1))
 
