@@ -163,7 +163,8 @@ def test_the_rerank_recipe_grounds_each_named_object_first_then_ranks_against_ne
     recipe = _small_scenes_recipe(tmp_path, monkeypatch, "scenes-tiny-rerank.yaml", 16, 32, [
         "--data.hard_negatives", "null", "--model.config_overrides.grounding_config.itm_train_pairs", "4",
         "--stages.0.steps", "2", "--stages.1.steps", "4", "--losses.mention_attention_loss.start_step", "2",
-        "--losses.itm_rank_loss.start_step", "4", "--checkpoint.save_every", "100"])
+        "--losses.order_loss.start_step", "2", "--losses.itm_rank_loss.start_step", "4", "--checkpoint.save_every",
+        "100"])
     trainer = build_trainer(recipe)
     model = trainer.unwrapped
     calls, text_weights = [], []
@@ -177,8 +178,8 @@ def test_the_rerank_recipe_grounds_each_named_object_first_then_ranks_against_ne
     monkeypatch.setattr(model, "forward", recording_forward)
     trainer.train()
     history = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
-    assert [("mention_attention_loss" in h, "itm_rank_loss" in h) for h in history] == (
-        [(False, False)] * 2 + [(True, False)] * 2 + [(True, True)] * 2)
+    assert [("mention_attention_loss" in h, "order_loss" in h, "itm_rank_loss" in h) for h in history] == (
+        [(False, False, False)] * 2 + [(True, True, False)] * 2 + [(True, True, True)] * 2)
     # itm_rank_loss starts near ln 8: each softmax holds the true pair and 7 candidates (the image side's 4 of them
     # the image's negative captions where it has 4).
     assert abs(history[4]["itm_rank_loss"] - torch.log(torch.tensor(8.0)).item()) < 0.5
