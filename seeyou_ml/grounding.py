@@ -42,12 +42,12 @@ class GroundingHeadOutput(ModelOutput):
         itm_logits (`torch.FloatTensor` of shape `(B,)`): Image-text matching logit of each pair.
         pred_boxes (`torch.FloatTensor` of shape `(B, 4)`): `(cx, cy, w, h)` in [0, 1] of the image.
         cross_attentions (`tuple[torch.FloatTensor]`): One `(B, heads, T, H*W)` map per layer.
+        expression_attention (`torch.FloatTensor` of shape `(B, H*W)`): The last layer's map, heads averaged, over
+            the expression's tokens (mask-weighted mean); sums to 1 over the cells.
         order_gate_logits (`torch.FloatTensor` of shape `(B, T)`, with `order_readout`): How much each word names an
             object (a logit; [`OrderReadout.text_cues`]).
         order_direction_logits (`torch.FloatTensor` of shape `(B, 4)`, with `order_readout`): Which of
             [`ORDER_DIRECTIONS`] the text lists things in (logits).
-        expression_attention (`torch.FloatTensor` of shape `(B, H*W)`): The last layer's map, heads averaged, over
-            the expression's tokens (mask-weighted mean); sums to 1 over the cells.
     """
 
     itm_logits: torch.FloatTensor | None = None
@@ -210,6 +210,9 @@ class OrderReadout(nn.Module):
     words' first moment over positions stayed at chance for "from left to right" against "from right to left".
     """
 
+    #: Centroids a tenth of the image apart give tanh(1) at first.
+    initial_sharpness = 10.0
+
     def __init__(self, config: SeeYouGroundingConfig):
         super().__init__()
         d, k = config.hidden_size, len(ORDER_DIRECTIONS)
@@ -218,9 +221,6 @@ class OrderReadout(nn.Module):
         self.direction_bias = nn.Parameter(torch.empty(k))
         self.log_sharpness, self.scale = nn.Parameter(torch.empty(())), nn.Parameter(torch.empty(()))
         self.reset_parameters()
-
-    #: Centroids a tenth of the image apart give tanh(1) at first.
-    initial_sharpness = 10.0
 
     def reset_parameters(self) -> None:
         """Gates at 1/2, the term at 0 (`scale`); the two word maps of the direction random (a product of zeros
