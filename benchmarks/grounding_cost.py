@@ -7,11 +7,17 @@ Three models, random init, batch 16 (`--batch-size`), CPU, fp32:
 - `r50-xlmr`: ResNet-50 + XLM-R base (the GPU recipes' towers) with recipes/coco-karpathy-gpu.yaml's head.
 A step is forward, the loss terms (contrastive alone without the head; contrastive + ITM with hard negatives + box +
 attention mass + attention-IoU with it), backward and the update of the recipe's optimizer, as the trainer runs it (the
-fused AdamW, the recipe's `keep_freed_memory`). Each (model, head) arm runs in its own process
-(so its peak RSS is its own), arms alternate plain/head `--rounds` times, and the table gives the median step time of
-each arm, the ratio of medians, and each arm's largest peak RSS.
+fused AdamW, the recipe's `keep_freed_memory`).
 
-    python benchmarks/grounding_cost.py [--models main main-cls r50-xlmr] [--steps 5] [--rounds 2] [--batch-size 16]
+Times: one model with its head, and steps with and without the head alternating in one process (the order swapped
+every round), so both arms meet the same load swings: the step without it runs the model with `output_grounding=False`
+and the contrastive term alone, as the trainer runs the steps before the head's terms start (the head's weights get no
+gradient, so AdamW skips them). Run in separate processes one after the other, the arms met different load: on one
+2-core AVX2 EPYC the main job's model read anywhere from 1.55 to 1.73x; alternating, 1.66-1.73x in three runs.
+Memory: each arm in a process of its own (the plain arm's model built without the head) and its peak RSS. The table
+gives each arm's median step time, their ratio, and each arm's peak RSS.
+
+    python benchmarks/grounding_cost.py [--models main main-cls r50-xlmr] [--rounds 20] [--batch-size 16]
 
 At the main job's own batch (`--models main --batch-size 512`) the head matches and grounds only the shares its recipe
 gives it (`itm_train_pairs`, `expression_train_pairs`).
@@ -70,66 +76,87 @@ def batch_for(vocab_size: int, image_size: int, channels_last: bool, batch: int 
     }
 
 
-def child(model_name: str, with_head: bool, steps: int, batch_size: int) -> None:
-    from seeyou_ml.losses import compute_losses
-    from seeyou_ml.training.memory import keep_freed_memory
-    from seeyou_ml.training.optim import build_optimizer
+class Arms:
+    """One model and its optimizer, taking a training step with the head or without it on a fixed batch."""
 
-    torch.manual_seed(0)
-    model, recipe, image_size, vocab_size, channels_last = build(model_name, with_head)
-    model.train()
-    if recipe.keep_freed_memory:  # as the trainer runs the recipe
-        keep_freed_memory()
-    batch = batch_for(vocab_size, image_size, channels_last, batch_size)
-    forward_keys = ["input_ids", "attention_mask", "pixel_values", "image_id"]
-    weights = {"contrastive_loss": 1.0}
-    if with_head:
-        forward_keys += ["phrase_input_ids", "phrase_attention_mask"]
-        weights.update(itm_loss=1.0, box_loss=1.0, attention_mass_loss=1.0, attention_iou_loss=1.0)
-    optimizer = build_optimizer(model, recipe.optim)  # the trainer's: fused AdamW, a group per tower
-    times = []
-    for step in range(steps + 1):  # the first step warms up the allocator and oneDNN
+    def __init__(self, model_name: str, with_head: bool, batch_size: int):
+        from seeyou_ml.training.memory import keep_freed_memory
+        from seeyou_ml.training.optim import build_optimizer
+
+        torch.manual_seed(0)
+        self.model, recipe, image_size, vocab_size, channels_last = build(model_name, with_head)
+        self.model.train()
+        if recipe.keep_freed_memory:  # as the trainer runs the recipe
+            keep_freed_memory()
+        self.batch = batch_for(vocab_size, image_size, channels_last, batch_size)
+        self.optimizer = build_optimizer(self.model, recipe.optim)  # the trainer's: fused AdamW, a group per tower
+
+    def step(self, with_head: bool) -> float:
+        """One optimizer step; returns its seconds."""
+        from seeyou_ml.losses import compute_losses
+
+        keys = ["input_ids", "attention_mask", "pixel_values", "image_id"]
+        weights = {"contrastive_loss": 1.0}
+        if with_head:
+            keys += ["phrase_input_ids", "phrase_attention_mask"]
+            weights.update(itm_loss=1.0, box_loss=1.0, attention_mass_loss=1.0, attention_iou_loss=1.0)
         start = time.perf_counter()
         # As the trainer: no own-pair matching pass in the forward; the matching term fuses them with the negatives.
-        outputs = model(**{k: batch[k] for k in forward_keys}, output_matching=False)
-        total, _ = compute_losses(outputs, batch, model, weights)
+        outputs = self.model(**{k: self.batch[k] for k in keys}, output_matching=False, output_grounding=with_head)
+        total, _ = compute_losses(outputs, self.batch, self.model, weights)
         total.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step:
-            times.append(time.perf_counter() - start)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"median_s": statistics.median(times), "peak_mb": peak_mb}))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def child_memory(model_name: str, with_head: bool, steps: int, batch_size: int) -> None:
+    """Prints the peak RSS of a process that takes `steps` steps of one arm (the plain arm's model has no head)."""
+    arms = Arms(model_name, with_head, batch_size)
+    for _ in range(steps):
+        arms.step(with_head)
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def alternating_times(model_name: str, rounds: int, batch_size: int) -> dict[str, list[float]]:
+    """Step times without and with the head, alternating on one model, after a warm-up step of each (the allocator,
+    oneDNN's kernels)."""
+    arms = Arms(model_name, True, batch_size)
+    times: dict[str, list[float]] = {"plain": [], "head": []}
+    for round_index in range(rounds + 1):
+        order = ("plain", "head") if round_index % 2 else ("head", "plain")
+        for arm in order:
+            seconds = arms.step(arm == "head")
+            if round_index:
+                times[arm].append(seconds)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["main", "main-cls", "r50-xlmr"],
                         choices=["main", "main-cls", "r50-xlmr"])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per process (after one warm-up step)")
-    parser.add_argument("--rounds", type=int, default=2, help="plain/head process pairs per model, alternating")
+    parser.add_argument("--rounds", type=int, default=20, help="timed steps per arm, alternating (after a warm-up)")
+    parser.add_argument("--memory-steps", type=int, default=3, help="steps of each arm's memory process")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "HEAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1] == "head", args.steps, args.batch_size)
+        child_memory(args.child[0], args.child[1] == "head", args.memory_steps, args.batch_size)
         return
     cpu = torch.backends.cpu.get_cpu_capability()
     print(f"CPU: {cpu}, threads {torch.get_num_threads()}, batch {args.batch_size}, fp32")
     print(f"{'model':<10}{'plain s/step':>14}{'head s/step':>13}{'ratio':>8}{'plain MB':>10}{'head MB':>10}")
     for name in args.models:
-        runs: dict[str, list[dict]] = {"plain": [], "head": []}
-        for _ in range(args.rounds):
-            for arm in ("plain", "head"):
-                out = subprocess.run([sys.executable, __file__, "--child", name, arm, "--steps", str(args.steps),
-                                      "--batch-size", str(args.batch_size)],
-                                     check=True, capture_output=True, text=True).stdout
-                runs[arm].append(json.loads(out.strip().splitlines()[-1]))
-        plain = statistics.median(r["median_s"] for r in runs["plain"])
-        head = statistics.median(r["median_s"] for r in runs["head"])
-        plain_mb = max(r["peak_mb"] for r in runs["plain"])
-        head_mb = max(r["peak_mb"] for r in runs["head"])
-        print(f"{name:<10}{plain:>14.3f}{head:>13.3f}{head / plain:>8.2f}{plain_mb:>10.0f}{head_mb:>10.0f}")
+        peaks = {}
+        for arm in ("plain", "head"):
+            out = subprocess.run([sys.executable, __file__, "--child", name, arm, "--memory-steps",
+                                  str(args.memory_steps), "--batch-size", str(args.batch_size)],
+                                 check=True, capture_output=True, text=True).stdout
+            peaks[arm] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+        times = alternating_times(name, args.rounds, args.batch_size)
+        plain, head = statistics.median(times["plain"]), statistics.median(times["head"])
+        print(f"{name:<10}{plain:>14.3f}{head:>13.3f}{head / plain:>8.2f}{peaks['plain']:>10.0f}{peaks['head']:>10.0f}")
 
 
 if __name__ == "__main__":
