@@ -76,7 +76,7 @@ def batch_for(vocab_size: int, image_size: int, channels_last: bool, batch: int 
     }
 
 
-class Arms:
+class TrainingSteps:
     """One model and its optimizer, taking a training step with the head or without it on a fixed batch."""
 
     def __init__(self, model_name: str, with_head: bool, batch_size: int):
@@ -112,21 +112,21 @@ class Arms:
 
 def child_memory(model_name: str, with_head: bool, steps: int, batch_size: int) -> None:
     """Prints the peak RSS of a process that takes `steps` steps of one arm (the plain arm's model has no head)."""
-    arms = Arms(model_name, with_head, batch_size)
+    runner = TrainingSteps(model_name, with_head, batch_size)
     for _ in range(steps):
-        arms.step(with_head)
+        runner.step(with_head)
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def alternating_times(model_name: str, rounds: int, batch_size: int) -> dict[str, list[float]]:
     """Step times without and with the head, alternating on one model, after a warm-up step of each (the allocator,
     oneDNN's kernels)."""
-    arms = Arms(model_name, True, batch_size)
+    runner = TrainingSteps(model_name, True, batch_size)
     times: dict[str, list[float]] = {"plain": [], "head": []}
     for round_index in range(rounds + 1):
         order = ("plain", "head") if round_index % 2 else ("head", "plain")
         for arm in order:
-            seconds = arms.step(arm == "head")
+            seconds = runner.step(arm == "head")
             if round_index:
                 times[arm].append(seconds)
     return times
