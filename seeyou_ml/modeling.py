@@ -478,9 +478,9 @@ class SeeYouModel(SeeYouPreTrainedModel):
             first = caption.cross_attentions[0].mean(1)  # (n, h, T, L) -> (n, T, L)
             share = mention_token_mask[:n].to(first.dtype)  # (n, M, T)
             extra["mention_attention"] = (share / share.sum(-1, keepdim=True).clamp(min=1.0)) @ first  # (n, M, L)
-            if head.order is not None:
-                extra.update(order_gate_logits=caption.order_gate_logits,
-                             order_direction_logits=caption.order_direction_logits)
+            # What the order readout reads from each caption (None without one), for order_loss.
+            extra.update(order_gate_logits=caption.order_gate_logits,
+                         order_direction_logits=caption.order_direction_logits)
         if negative_input_ids is not None:
             ids = negative_input_ids[:n].flatten(0, 1)  # (n * N, T)
             mask = torch.ones_like(ids)
