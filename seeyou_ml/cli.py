@@ -200,6 +200,10 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     parser.add_argument("--num-images", type=int, default=None,
                         help="scenes only: images in the split (default: the split's full size)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="scenes only: seed of the corpus (default 0, the one the recipes train and test on); "
+                             "another seed draws new images of the same kind, to check a model on data it has never "
+                             "seen")
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse corpus embeddings saved here")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -219,14 +223,17 @@ def _load_data(args: argparse.Namespace):
     from .data.splits import SCENES, load_split, zero_shot_arguments
 
     corpus_options = {"format": args.format, "image_root": args.image_root, "column_mapping": args.column_mapping}
+    scenes_options = {"num_images": args.num_images, "seed": args.seed}
     if args.data == SCENES:
-        given = [f"--{name.replace('_', '-')}" for name, value in corpus_options.items() if value is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)}: options of corpora read by load_corpus, not of the embedded "
-                             "scenes corpus; leave them out or give a corpus path as --data.")
-        kwargs = {"num_images": args.num_images}
+        misplaced, kwargs = corpus_options, {name: value for name, value in scenes_options.items() if value is not None}
+        fix = "options of corpora read by load_corpus, not of the embedded scenes corpus; leave them out or give a " \
+              "corpus path as --data."
     else:
-        kwargs = corpus_options
+        misplaced, kwargs = scenes_options, corpus_options
+        fix = f"options of the embedded scenes corpus (--data scenes), not of {args.data}; leave them out."
+    given = [f"--{name.replace('_', '-')}" for name, value in misplaced.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: {fix}")
     dataset = load_split(args.data, args.split, languages=args.languages, **kwargs)
     return dataset, zero_shot_arguments(args.data, dataset)
 
@@ -250,7 +257,9 @@ def _load_model(name: str, device: str):
 def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluation import evaluate_retrieval, format_table, save_plots
+    from .data.splits import SCENES
+    from .evaluation import evaluate_retrieval, format_results, save_plots
+    from .evaluation.grounding import evaluate_scenes
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_model_dir(args.model)  # before the corpus loads: a typo in --model shows at once
@@ -261,7 +270,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
         load_language_adapters(model, args.adapters)
         model.to(device).eval()
-    results = evaluate_retrieval(
+    # The scenes corpus also scores a grounding head's boxes, as the main job's report does.
+    evaluate = evaluate_scenes if args.data == SCENES else evaluate_retrieval
+    results = evaluate(
         model,
         processor,
         dataset,
@@ -274,7 +285,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         **zero_shot,
     )
     results = {"model": str(args.model), "data": args.data, "split": args.split, **results}
-    print(format_table(results))
+    print(format_results(results))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -289,7 +300,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 register_subcommand(
     Subcommand(
         name="evaluate",
-        help="Cross-lingual retrieval (R@1/5/10 per language, text→text, zero-shot) of a saved model on a corpus.",
+        help="Cross-lingual retrieval (R@1/5/10 per language, text→text, zero-shot) of a saved model on a corpus, and "
+             "grounding on the scenes corpus.",
         add_arguments=_add_evaluate_arguments,
         run=_run_evaluate,
     )

@@ -163,6 +163,10 @@ USER_ERRORS = {
     "corpus option on scenes": (lambda tmp, model: ["evaluate", "--model", str(model), "--data", "scenes",
                                                     "--image-root", str(tmp)],
                                 "--image-root: options of corpora read by load_corpus"),
+    "scenes option on a corpus": (lambda tmp, model: ["evaluate", "--model", str(model), "--data", str(tmp),
+                                                      "--seed", "1"],
+                                  "--seed: options of the embedded scenes corpus (--data scenes), not of {tmp}; "
+                                  "leave them out."),
     "missing output folder to push": (lambda tmp, model: ["push", str(tmp / "out"), "--repo-id", "me/x"],
                                       "{tmp}/out: no such directory; give the output directory of `seeyou train`."),
     "bad repo id": (lambda tmp, model: ["push", str(model), "--repo-id", "me/x/y"],
@@ -233,3 +237,24 @@ def test_evaluate_rerank_top_k_reports_recall_before_and_after(saved_head_model,
     results = json.loads((tmp_path / "r.json").read_text())
     assert sorted(results["reranked"]) == ["de", "en", "fr"]
     assert "re-ranked R@1" in capsys.readouterr().out
+
+
+def test_evaluate_scores_the_grounding_head_on_another_draw_of_the_scenes_corpus(saved_head_model, tmp_path,
+                                                                                 monkeypatch, capsys):
+    from transformers import AutoModel, AutoProcessor
+
+    from seeyou_ml.data import load_scenes
+    from seeyou_ml.evaluation.grounding import evaluate_grounding
+
+    monkeypatch.setenv("SEEYOU_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "draw.json"
+    main(["evaluate", "--model", str(saved_head_model), "--data", "scenes", "--split", "test", "--num-images", "4",
+          "--languages", "en", "--seed", "1", "--output", str(output), "--no-progress"])
+    results = json.loads(output.read_text())
+    draw = load_scenes("test", num_images=4, languages=["en"], seed=1)
+    assert draw["phrase"] != load_scenes("test", num_images=4, languages=["en"])["phrase"]  # a draw of its own
+    model = AutoModel.from_pretrained(saved_head_model).eval()
+    processor = AutoProcessor.from_pretrained(saved_head_model)
+    assert results["grounding"] == evaluate_grounding(model, processor, draw)  # the seed's images, as the trainer scores
+    assert results["grounding"]["per_language"]["en"]["count"] == 4
+    assert "grounding         Acc@0.5  mean IoU  pointing      n" in capsys.readouterr().out

@@ -12,7 +12,7 @@ from .evaluator import (
     zero_shot_accuracy,
 )
 from .parallel import compare_parallel_text, parallel_text_recall
-from .report import format_adapter_table, format_table, save_plots
+from .report import format_adapter_table, format_results, format_table, save_plots
 from .retrieval import bidirectional_topk, recall_from_topk, retrieval_recall
 
 RETRIEVAL_METRIC_PATH = str(Path(__file__).parent / "metrics" / "retrieval_recall")
@@ -29,6 +29,7 @@ __all__ = [
     "embed_texts",
     "evaluate_retrieval",
     "format_adapter_table",
+    "format_results",
     "format_table",
     "load_embeddings",
     "parallel_text_recall",

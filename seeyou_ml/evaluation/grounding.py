@@ -99,6 +99,18 @@ def evaluate_grounding(model: Any, processor: Any, dataset: Any, batch_size: int
     return {"per_language": per_language, "mean": mean, "groups": {g: _summary(r) for g, r in sorted(groups.items())}}
 
 
+def evaluate_scenes(model: Any, processor: Any, dataset: Any, batch_size: int = 64, **kwargs) -> dict[str, Any]:
+    """Retrieval ([`evaluate_retrieval`], with `kwargs`) of a scenes split, and grounding ([`evaluate_grounding`])
+    under `"grounding"` when the model has a grounding head: the main job's final report, and `seeyou evaluate`'s on
+    the scenes corpus."""
+    from .evaluator import evaluate_retrieval
+
+    results = evaluate_retrieval(model, processor, dataset, batch_size=batch_size, **kwargs)
+    if getattr(model, "grounding_head", None) is not None:
+        results["grounding"] = evaluate_grounding(model, processor, dataset, batch_size=2 * batch_size)
+    return results
+
+
 def format_grounding_table(results: dict[str, Any]) -> str:
     """A plain-text table of [`evaluate_grounding`]'s results: one row per language, the mean, then the groups."""
     header = f"{'grounding':<16}{'Acc@0.5':>9}{'mean IoU':>10}{'pointing':>10}{'n':>7}"
@@ -184,6 +196,7 @@ def grounding_grid(
 __all__ = [
     "draw_grounding",
     "evaluate_grounding",
+    "evaluate_scenes",
     "format_grounding_table",
     "ground_picture",
     "grounding_grid",

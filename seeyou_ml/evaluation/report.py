@@ -56,6 +56,17 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_results(results: dict[str, Any]) -> str:
+    """[`format_table`], then the grounding table where the results carry one (`evaluate_scenes` of a model with a
+    grounding head): what the main job and `seeyou evaluate` print."""
+    text = format_table(results)
+    if results.get("grounding"):
+        from .grounding import format_grounding_table
+
+        text += "\n\n" + format_grounding_table(results["grounding"])
+    return text
+
+
 def _adapter_pairs(results: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """`{label: (without, with)}` R@1 of the languages with an adapter: image–text retrieval (`without_adapters`)
     and parallel text (`compare_parallel_text` results under `parallel_text`)."""
@@ -193,4 +204,4 @@ def _zero_shot_bars(plt, results: dict[str, Any], path: Path) -> Path:
 
 
 __all__ = ["ADAPTERS_PNG", "RECALL_BARS_PNG", "TEXT_TO_TEXT_PNG", "ZERO_SHOT_PNG", "format_adapter_table",
-           "format_table", "save_plots"]
+           "format_results", "format_table", "save_plots"]

@@ -254,22 +254,12 @@ def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
 
     from ..data.splits import SCENES, zero_shot_arguments
     from ..evaluation import evaluate_retrieval
+    from ..evaluation.grounding import evaluate_scenes
 
     zero_shot = zero_shot_arguments(config.corpus, dataset)
     if config.corpus == SCENES:
         return functools.partial(evaluate_scenes, **zero_shot)
     return functools.partial(evaluate_retrieval, **zero_shot) if zero_shot else evaluate_retrieval
-
-
-def evaluate_scenes(model: Any, processor: Any, dataset: Any, batch_size: int = 64, **kwargs) -> dict:
-    """Retrieval (`evaluate_retrieval`), and grounding under `"grounding"` when the model has a grounding head."""
-    from ..evaluation import evaluate_retrieval
-    from ..evaluation.grounding import evaluate_grounding
-
-    results = evaluate_retrieval(model, processor, dataset, batch_size=batch_size, **kwargs)
-    if getattr(model, "grounding_head", None) is not None:
-        results["grounding"] = evaluate_grounding(model, processor, dataset, batch_size=2 * batch_size)
-    return results
 
 
 __all__ = [
@@ -280,7 +270,6 @@ __all__ = [
     "build_trainer",
     "corpus_tokenizer",
     "encoded_images",
-    "evaluate_scenes",
     "load_split",
     "only_columns",
     "row_features",

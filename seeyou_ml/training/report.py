@@ -15,17 +15,12 @@ def print_summary(output: TrainOutput) -> None:
           "non-finite steps skipped.")
     print(f"Model, processor and recipe in {output.output_dir}")
     if output.metrics:
-        from ..evaluation import format_adapter_table, format_table
+        from ..evaluation import format_adapter_table, format_results
 
         if "per_language" in output.metrics:
-            print(format_table(output.metrics))
+            print(format_results(output.metrics))
         if "parallel_text" in output.metrics or "without_adapters" in output.metrics:
             print(format_adapter_table(output.metrics))
-        if "grounding" in output.metrics:
-            from ..evaluation.grounding import format_grounding_table
-
-            print()
-            print(format_grounding_table(output.metrics["grounding"]))
         print(f"Retrieval results: {output.output_dir / RESULTS_NAME}")
 
 
