@@ -3,6 +3,7 @@
 ```
 seeyou train RECIPE.yaml [--key value ...]
 seeyou evaluate --model DIR --data PATH_OR_NAME [--split val] [--languages en,de] [--output results.json]
+seeyou ground --model DIR --image IMAGE --text "the red circle left of the star" [--output grounding.png]
 seeyou push OUTPUT_DIR --repo-id NAME [--private] [--revision BRANCH] [--commit-message MSG] [--dry-run DIR]
 seeyou card OUTPUT_DIR [--repo-id NAME] [--output README.md]
 ```
