@@ -220,23 +220,23 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_data(args: argparse.Namespace):
-    """The evaluation corpus and, for the scenes corpus, its zero-shot labels and prompts."""
-    from .data.splits import SCENES, load_split, zero_shot_arguments
+    """The evaluation corpus: the scenes corpus (`--num-images`, `--seed`) or one read by load_corpus."""
+    from .data.splits import SCENES, load_split
 
     corpus_options = {"format": args.format, "image_root": args.image_root, "column_mapping": args.column_mapping}
     scenes_options = {"num_images": args.num_images, "seed": args.seed}
     if args.data == SCENES:
-        misplaced, kwargs = corpus_options, {name: value for name, value in scenes_options.items() if value is not None}
-        fix = "options of corpora read by load_corpus, not of the embedded scenes corpus; leave them out or give a " \
-              "corpus path as --data."
+        misplaced = corpus_options
+        kwargs = {name: value for name, value in scenes_options.items() if value is not None}
+        fix = ("options of corpora read by load_corpus, not of the embedded scenes corpus; leave them out or give a "
+               "corpus path as --data.")
     else:
         misplaced, kwargs = scenes_options, corpus_options
         fix = f"options of the embedded scenes corpus (--data scenes), not of {args.data}; leave them out."
     given = [f"--{name.replace('_', '-')}" for name, value in misplaced.items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: {fix}")
-    dataset = load_split(args.data, args.split, languages=args.languages, **kwargs)
-    return dataset, zero_shot_arguments(args.data, dataset)
+    return load_split(args.data, args.split, languages=args.languages, **kwargs)
 
 
 def _load_model(name: str, device: str):
@@ -258,22 +258,20 @@ def _load_model(name: str, device: str):
 def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .data.splits import SCENES
-    from .evaluation import evaluate_retrieval, format_results, save_plots
-    from .evaluation.grounding import evaluate_scenes
+    from .evaluation import format_results, save_plots
+    from .evaluation.grounding import corpus_evaluation
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_model_dir(args.model)  # before the corpus loads: a typo in --model shows at once
-    dataset, zero_shot = _load_data(args)
+    dataset = _load_data(args)
     model, processor = _load_model(args.model, device)
     if args.adapters is not None:
         from .adapters import load_language_adapters
 
         load_language_adapters(model, args.adapters)
         model.to(device).eval()
-    # The scenes corpus also scores a grounding head's boxes, as the main job's report does.
-    evaluate = evaluate_scenes if args.data == SCENES else evaluate_retrieval
-    results = evaluate(
+    # As the main job's report: zero-shot on a corpus with labels, and a grounding head's boxes on the scenes corpus.
+    results = corpus_evaluation(args.data, dataset)(
         model,
         processor,
         dataset,
@@ -283,7 +281,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         rerank_top_k=args.rerank_top_k,
         rerank_similarity_weight=args.rerank_similarity_weight,
-        **zero_shot,
     )
     results = {"model": str(args.model), "data": args.data, "split": args.split, **results}
     print(format_results(results))
@@ -301,8 +298,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 register_subcommand(
     Subcommand(
         name="evaluate",
-        help="Cross-lingual retrieval (R@1/5/10 per language, text→text, zero-shot) of a saved model on a corpus, and "
-             "grounding on the scenes corpus.",
+        help="Cross-lingual retrieval (R@1/5/10 per language, text→text, zero-shot) of a saved model on a corpus, "
+             "and grounding on the scenes corpus.",
         add_arguments=_add_evaluate_arguments,
         run=_run_evaluate,
     )

@@ -12,7 +12,9 @@ expression of the same image (the scenes corpus words every language's expressio
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,22 @@ def evaluate_scenes(model: Any, processor: Any, dataset: Any, batch_size: int = 
     return results
 
 
+def corpus_evaluation(corpus: str, dataset: Any) -> Callable[..., dict[str, Any]]:
+    """How a split of `corpus` is evaluated, as the trainer's final report and `seeyou evaluate` do it:
+    [`evaluate_scenes`] on the scenes corpus (retrieval, zero-shot with its labels and prompts, and grounding),
+    else [`evaluate_retrieval`] (with zero-shot where [`zero_shot_arguments`] finds labels and prompts).
+
+    Returns:
+        `fn(model, processor, dataset, **kwargs) -> results`, the corpus's zero-shot arguments bound.
+    """
+    from ..data.splits import SCENES, zero_shot_arguments
+    from .evaluator import evaluate_retrieval
+
+    evaluate = evaluate_scenes if corpus == SCENES else evaluate_retrieval
+    zero_shot = zero_shot_arguments(corpus, dataset)
+    return functools.partial(evaluate, **zero_shot) if zero_shot else evaluate
+
+
 def format_grounding_table(results: dict[str, Any]) -> str:
     """A plain-text table of [`evaluate_grounding`]'s results: one row per language, the mean, then the groups."""
     header = f"{'grounding':<16}{'Acc@0.5':>9}{'mean IoU':>10}{'pointing':>10}{'n':>7}"
@@ -194,6 +212,7 @@ def grounding_grid(
 
 
 __all__ = [
+    "corpus_evaluation",
     "draw_grounding",
     "evaluate_grounding",
     "evaluate_scenes",

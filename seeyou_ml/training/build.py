@@ -186,6 +186,8 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
 
 def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = None) -> Trainer:
     """A [`Trainer`] with everything the recipe names built (model, processor, corpora, collator, sampler)."""
+    from ..evaluation.grounding import corpus_evaluation
+
     if recipe.resume_from:
         # A wrong or damaged checkpoint is reported before the corpus is loaded and the model built.
         resume_candidates(recipe.resume_from, recipe.output_dir)
@@ -220,7 +222,7 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         collate_fn=collator,
         batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
         eval_dataset=evaluation,
-        evaluate_fn=build_evaluate_fn(recipe.data, evaluation) if evaluation is not None else None,
+        evaluate_fn=corpus_evaluation(recipe.data.corpus, evaluation) if evaluation is not None else None,
         accelerator=accelerator,
     )
 
@@ -247,25 +249,9 @@ def encoded_images(dataset: Any) -> Any:
     return dataset
 
 
-def build_evaluate_fn(config: DataConfig, dataset: Any) -> Any:
-    """`evaluate_retrieval`, with zero-shot classification where the corpus has labels and prompts, and grounding
-    where it has referring expressions with boxes (scenes: [`evaluate_scenes`])."""
-    import functools
-
-    from ..data.splits import SCENES, zero_shot_arguments
-    from ..evaluation import evaluate_retrieval
-    from ..evaluation.grounding import evaluate_scenes
-
-    zero_shot = zero_shot_arguments(config.corpus, dataset)
-    if config.corpus == SCENES:
-        return functools.partial(evaluate_scenes, **zero_shot)
-    return functools.partial(evaluate_retrieval, **zero_shot) if zero_shot else evaluate_retrieval
-
-
 __all__ = [
     "build_batch_sampler",
     "build_collator",
-    "build_evaluate_fn",
     "build_model_and_processor",
     "build_trainer",
     "corpus_tokenizer",
