@@ -255,6 +255,6 @@ def test_evaluate_scores_the_grounding_head_on_another_draw_of_the_scenes_corpus
     assert draw["phrase"] != load_scenes("test", num_images=4, languages=["en"])["phrase"]  # a draw of its own
     model = AutoModel.from_pretrained(saved_head_model).eval()
     processor = AutoProcessor.from_pretrained(saved_head_model)
-    assert results["grounding"] == evaluate_grounding(model, processor, draw)  # the seed's images, as the trainer scores
+    assert results["grounding"] == evaluate_grounding(model, processor, draw)  # the seed's draw, scored as in training
     assert results["grounding"]["per_language"]["en"]["count"] == 4
     assert "grounding         Acc@0.5  mean IoU  pointing      n" in capsys.readouterr().out
