@@ -8,8 +8,8 @@ Within a split every caption identifies its image: no two images share a caption
 true of another image of the split (a caption states an order along one axis and the objects in it; another image
 with the same objects in the same order along that axis would fit it as well, whatever its template). Image `i` is
 drawn from the generator of (seed, split, i, attempt) with attempt 0, 1, ... until both hold. Generation is therefore
-sequential (cheap), while rendering is parallel. The first `n` images of a split are the same for every
-`num_images >= n`.
+sequential, while rendering and the rest of each record are parallel. The first `n` images of a split are the same
+for every `num_images >= n`.
 
 Rows are image x language, image-major. The images are PNG files in the cache folder, referenced by path from the
 `image` column (an `Image()` feature), so the ten captions of an image share one file.
@@ -17,6 +17,7 @@ Rows are image x language, image-major. The images are PNG files in the cache fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -156,27 +157,35 @@ def scene_record(drawn: DrawnScene, image_size: int, rng: np.random.Generator, h
     }
 
 
-def _render_chunk(job: tuple[list[tuple[int, Scene, int]], int, int, str, str]) -> int:
-    """Renders and saves one chunk of images (runs in a worker process)."""
+def _build_chunk(job: tuple[list[tuple[int, DrawnScene]], int, int, str, str]) -> list[dict]:
+    """Renders and saves one chunk of images and returns their records (runs in a worker process)."""
     items, image_size, seed, split, folder = job
-    for index, scene, attempt in items:
-        render_scene(scene, image_size, scene_rng(seed, split, index, attempt, stream=1)).save(os.path.join(folder, f"{index:05d}.png"), compress_level=1)
-    return len(items)
+    held_out = SPLITS[split].held_out
+    records = []
+    for index, drawn in items:
+        image = render_scene(drawn.scene, image_size, scene_rng(seed, split, index, drawn.attempt, stream=1))
+        image.save(os.path.join(folder, f"{index:05d}.png"), compress_level=1)
+        rng = scene_rng(seed, split, index, drawn.attempt, stream=2)
+        records.append(scene_record(drawn, image_size, rng, held_out))
+    return records
 
 
-def _render_all(scenes: list[DrawnScene], image_size: int, seed: int, split: str, folder: str, num_proc: int) -> None:
-    items = [(i, drawn.scene, drawn.attempt) for i, drawn in enumerate(scenes)]
+def _build_all(
+    scenes: list[DrawnScene], image_size: int, seed: int, split: str, folder: str, num_proc: int
+) -> list[dict]:
+    """Renders every image into `folder` and returns the records, in the scenes' order; chunks run in parallel."""
+    items = list(enumerate(scenes))
     chunk = 250
     jobs = [(items[k : k + chunk], image_size, seed, split, folder) for k in range(0, len(items), chunk)]
     progress = tqdm(total=len(items), desc=f"rendering scenes/{split}", unit="img", disable=len(items) < 2000)
-    if num_proc <= 1 or len(jobs) == 1:
-        for job in jobs:
-            progress.update(_render_chunk(job))
-    else:
-        with ProcessPoolExecutor(max_workers=num_proc) as pool:
-            for done in pool.map(_render_chunk, jobs):
-                progress.update(done)
+    records: list[dict] = []
+    parallel = num_proc > 1 and len(jobs) > 1
+    with ProcessPoolExecutor(max_workers=num_proc) if parallel else contextlib.nullcontext() as pool:
+        for done in (pool.map if parallel else map)(_build_chunk, jobs):
+            records.extend(done)
+            progress.update(len(done))
     progress.close()
+    return records
 
 
 def default_cache_root() -> Path:
@@ -192,12 +201,11 @@ def _build(folder: Path, split: str, num_images: int | None, image_size: int, se
     try:
         scenes = generate_scenes(split, num_images, seed)
         (staging / "images").mkdir()
-        _render_all(scenes, image_size, seed, split, str(staging / "images"), num_proc)
-        held_out = SPLITS[split].held_out
-        records = [scene_record(drawn, image_size, scene_rng(seed, split, index, drawn.attempt, stream=2), held_out)
-                   for index, drawn in enumerate(scenes)]
+        records = _build_all(scenes, image_size, seed, split, str(staging / "images"), num_proc)
+        corpus = {"version": CORPUS_VERSION, "split": split, "seed": seed, "image_size": image_size, "records": records}
         with open(staging / "records.json", "w", encoding="utf-8") as f:
-            json.dump({"version": CORPUS_VERSION, "split": split, "seed": seed, "image_size": image_size, "records": records}, f, ensure_ascii=False)
+            # One string: `json.dumps` runs the C encoder, `json.dump` the pure-Python one (several times slower).
+            f.write(json.dumps(corpus, ensure_ascii=False))
         try:
             os.rename(staging, folder)
         except OSError:  # another process finished first; its copy is identical
