@@ -213,6 +213,17 @@ def test_load_scenes_reuses_its_cache(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+def test_a_loaded_split_is_named_by_its_folder_and_languages(tmp_path):
+    first = load_scenes("val", num_images=3, cache_dir=tmp_path)._fingerprint
+    assert load_scenes("val", num_images=3, cache_dir=tmp_path)._fingerprint == first
+    others = {
+        load_scenes("val", num_images=3, languages=["ar"], cache_dir=tmp_path)._fingerprint,
+        load_scenes("val", num_images=4, cache_dir=tmp_path)._fingerprint,
+        load_scenes("val", num_images=3, cache_dir=tmp_path / "elsewhere")._fingerprint,  # other image paths
+    }
+    assert first not in others and len(others) == 3
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
