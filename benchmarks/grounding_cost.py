@@ -15,7 +15,8 @@ and the contrastive term alone, as the trainer runs the steps before the head's 
 gradient, so AdamW skips them). Run in separate processes one after the other, the arms met different load: on one
 2-core AVX2 EPYC the main job's model read anywhere from 1.55 to 1.73x; alternating, 1.66-1.73x in three runs.
 Memory: each arm in a process of its own (the plain arm's model built without the head) and its peak RSS. The table
-gives each arm's median step time, their ratio, and each arm's peak RSS.
+gives each arm's median step time, their ratio, and each arm's peak RSS; a second table what the head adds to each
+phase of the step (forward, loss terms, backward, optimizer step; the difference of the arms' medians).
 
     python benchmarks/grounding_cost.py [--models main main-cls r50-xlmr] [--rounds 20] [--batch-size 16]
 
@@ -37,6 +38,8 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The phases of a training step, timed one after the other.
+PHASES = ("forward", "losses", "backward", "optimizer")
 
 
 def build(model_name: str, with_head: bool):
@@ -91,8 +94,8 @@ class TrainingSteps:
         self.batch = batch_for(vocab_size, image_size, channels_last, batch_size)
         self.optimizer = build_optimizer(self.model, recipe.optim)  # the trainer's: fused AdamW, a group per tower
 
-    def step(self, with_head: bool) -> float:
-        """One optimizer step; returns its seconds."""
+    def step(self, with_head: bool) -> dict[str, float]:
+        """One optimizer step; returns the seconds of each of its `PHASES` and of the whole step (`step`)."""
         from seeyou_ml.losses import compute_losses
 
         keys = ["input_ids", "attention_mask", "pixel_values", "image_id"]
@@ -100,14 +103,19 @@ class TrainingSteps:
         if with_head:
             keys += ["phrase_input_ids", "phrase_attention_mask"]
             weights.update(itm_loss=1.0, box_loss=1.0, attention_mass_loss=1.0, attention_iou_loss=1.0)
-        start = time.perf_counter()
+        marks = [time.perf_counter()]
         # As the trainer: no own-pair matching pass in the forward; the matching term fuses them with the negatives.
         outputs = self.model(**{k: self.batch[k] for k in keys}, output_matching=False, output_grounding=with_head)
+        marks.append(time.perf_counter())
         total, _ = compute_losses(outputs, self.batch, self.model, weights)
+        marks.append(time.perf_counter())
         total.backward()
+        marks.append(time.perf_counter())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+        marks.append(time.perf_counter())
+        seconds = {phase: marks[i + 1] - marks[i] for i, phase in enumerate(PHASES)}
+        return {**seconds, "step": marks[-1] - marks[0]}
 
 
 def child_memory(model_name: str, with_head: bool, steps: int, batch_size: int) -> None:
@@ -118,11 +126,11 @@ def child_memory(model_name: str, with_head: bool, steps: int, batch_size: int) 
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def alternating_times(model_name: str, rounds: int, batch_size: int) -> dict[str, list[float]]:
-    """Step times without and with the head, alternating on one model, after a warm-up step of each (the allocator,
-    oneDNN's kernels)."""
+def alternating_times(model_name: str, rounds: int, batch_size: int) -> dict[str, list[dict[str, float]]]:
+    """Step times (whole and per phase) without and with the head, alternating on one model, after a warm-up step of
+    each (the allocator, oneDNN's kernels)."""
     runner = TrainingSteps(model_name, True, batch_size)
-    times: dict[str, list[float]] = {"plain": [], "head": []}
+    times: dict[str, list[dict[str, float]]] = {"plain": [], "head": []}
     for round_index in range(rounds + 1):
         order = ("plain", "head") if round_index % 2 else ("head", "plain")
         for arm in order:
@@ -130,6 +138,11 @@ def alternating_times(model_name: str, rounds: int, batch_size: int) -> dict[str
             if round_index:
                 times[arm].append(seconds)
     return times
+
+
+def median_of(times: list[dict[str, float]], key: str) -> float:
+    """The median over steps of one phase's seconds (`"step"`: the whole step)."""
+    return statistics.median(t[key] for t in times)
 
 
 def main() -> None:
@@ -147,6 +160,7 @@ def main() -> None:
     cpu = torch.backends.cpu.get_cpu_capability()
     print(f"CPU: {cpu}, threads {torch.get_num_threads()}, batch {args.batch_size}, fp32")
     print(f"{'model':<10}{'plain s/step':>14}{'head s/step':>13}{'ratio':>8}{'plain MB':>10}{'head MB':>10}")
+    phases = {}
     for name in args.models:
         peaks = {}
         for arm in ("plain", "head"):
@@ -155,8 +169,13 @@ def main() -> None:
                                  check=True, capture_output=True, text=True).stdout
             peaks[arm] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
         times = alternating_times(name, args.rounds, args.batch_size)
-        plain, head = statistics.median(times["plain"]), statistics.median(times["head"])
+        plain, head = median_of(times["plain"], "step"), median_of(times["head"], "step")
         print(f"{name:<10}{plain:>14.3f}{head:>13.3f}{head / plain:>8.2f}{peaks['plain']:>10.0f}{peaks['head']:>10.0f}")
+        phases[name] = {phase: median_of(times["head"], phase) - median_of(times["plain"], phase) for phase in PHASES}
+    print("\nWhat the head adds to each phase of the step, median ms (the matching pass runs in the loss terms):")
+    print(f"{'model':<10}" + "".join(f"{phase:>12}" for phase in PHASES))
+    for name, extra in phases.items():
+        print(f"{name:<10}" + "".join(f"{1000 * extra[phase]:>12.1f}" for phase in PHASES))
 
 
 if __name__ == "__main__":
