@@ -108,7 +108,7 @@ def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) ->
     stated: set[tuple[str, tuple[Mention, ...]]] = set()
     fitting: set[tuple[str, tuple[Mention, ...]]] = set()
     scenes = []
-    for index in range(num_images):
+    for index in tqdm(range(num_images), desc=f"drawing scenes/{split}", unit="img", disable=num_images < 2000):
         for attempt in range(1000):
             scene = sample_scene(scene_rng(seed, split, index, attempt), spec.held_out, len(TEMPLATES))
             mentions = {axis: tuple(scene.caption_mentions(axis)) for axis in ORDERS}
