@@ -7,14 +7,14 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup train test
 
-# torch through pip, which honours the machine's pip configuration (a local CPU build where there is one); everything
-# else through uv, which resolves and installs in parallel (about 45 -> 15 s on a 2-core machine).
-TORCH := $(shell grep -m1 '^torch' requirements-dev.txt)
-
-$(BIN)/activate: requirements-dev.txt pyproject.toml
+# Everything through uv, which resolves and installs in parallel. uv does not read pip's configuration, so it gets
+# pip's package sources (scripts/pip_sources.py: a local CPU build of torch, say) and picks the best match across
+# them, as pip does.
+$(BIN)/activate: requirements-dev.txt pyproject.toml scripts/pip_sources.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH)" uv
-	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -r requirements-dev.txt
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode --index-strategy unsafe-best-match \
+		$$($(BIN)/pip config list 2>/dev/null | $(BIN)/python scripts/pip_sources.py) -r requirements-dev.txt
 	touch $(BIN)/activate
 
 setup: $(BIN)/activate
