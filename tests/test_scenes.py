@@ -213,6 +213,18 @@ def test_load_scenes_reuses_its_cache(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+def test_rendering_in_parallel_while_drawing_writes_what_one_process_writes(tmp_path):
+    # 510 images: three chunks (250, 250, 10), rendered by two workers while the main process still draws the rest.
+    serial = load_scenes("val", num_images=510, languages=["en"], cache_dir=tmp_path / "serial", num_proc=1)
+    parallel = load_scenes("val", num_images=510, languages=["en"], cache_dir=tmp_path / "parallel", num_proc=2)
+    (a,), (b,) = (tmp_path / "serial").iterdir(), (tmp_path / "parallel").iterdir()
+    assert (a / "records.json").read_bytes() == (b / "records.json").read_bytes()
+    images = sorted(p.name for p in (a / "images").iterdir())
+    assert len(images) == 510 and images == sorted(p.name for p in (b / "images").iterdir())
+    assert all((a / "images" / name).read_bytes() == (b / "images" / name).read_bytes() for name in images)
+    assert serial["caption"] == parallel["caption"]
+
+
 def test_a_loaded_split_is_named_by_its_folder_and_languages(tmp_path):
     first = load_scenes("val", num_images=3, cache_dir=tmp_path)._fingerprint
     assert load_scenes("val", num_images=3, cache_dir=tmp_path)._fingerprint == first

@@ -17,14 +17,16 @@ Rows are image x language, image-major. The images are PNG files in the cache fo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,11 @@ class DrawnScene:
 
 def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) -> list[DrawnScene]:
     """Draws the scenes of a split whose captions identify their images (see the module docstring)."""
+    return list(draw_scenes(split, num_images, seed))
+
+
+def draw_scenes(split: str, num_images: int | None = None, seed: int = 0) -> Iterator[DrawnScene]:
+    """[`generate_scenes`] one scene at a time, each as soon as it is drawn (a scene depends on those before it)."""
     spec = _check_split(split)
     num_images = spec.num_images if num_images is None else num_images
     languages = list(LANGUAGES.values())
@@ -107,8 +114,7 @@ def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) ->
     # meanings of the captions drawn so far; `fitting` every meaning that an image drawn so far fits.
     stated: set[tuple[str, tuple[Mention, ...]]] = set()
     fitting: set[tuple[str, tuple[Mention, ...]]] = set()
-    scenes = []
-    for index in tqdm(range(num_images), desc=f"drawing scenes/{split}", unit="img", disable=num_images < 2000):
+    for index in range(num_images):
         for attempt in range(1000):
             scene = sample_scene(scene_rng(seed, split, index, attempt), spec.held_out, len(TEMPLATES))
             mentions = {axis: tuple(scene.caption_mentions(axis)) for axis in ORDERS}
@@ -128,8 +134,7 @@ def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) ->
             seen[code].add(caption)
         stated.add(meaning)
         fitting |= fits
-        scenes.append(DrawnScene(scene, attempt, captions))
-    return scenes
+        yield DrawnScene(scene, attempt, captions)
 
 
 def scene_record(drawn: DrawnScene, image_size: int, rng: np.random.Generator, held_out: str) -> dict:
@@ -171,19 +176,32 @@ def _build_chunk(job: tuple[list[tuple[int, DrawnScene]], int, int, str, str]) -
 
 
 def _build_all(
-    scenes: list[DrawnScene], image_size: int, seed: int, split: str, folder: str, num_proc: int
+    scenes: Iterable[DrawnScene], num_images: int, image_size: int, seed: int, split: str, folder: str, num_proc: int
 ) -> list[dict]:
-    """Renders every image into `folder` and returns the records, in the scenes' order; chunks run in parallel."""
-    items = list(enumerate(scenes))
-    chunk = 250
-    jobs = [(items[k : k + chunk], image_size, seed, split, folder) for k in range(0, len(items), chunk)]
-    progress = tqdm(total=len(items), desc=f"rendering scenes/{split}", unit="img", disable=len(items) < 2000)
+    """Renders every image into `folder` and returns the records, in the scenes' order. Chunks run in parallel, each
+    from the moment its scenes are drawn: the drawing is sequential, and the workers render while it goes on."""
+    numbered = enumerate(scenes)
+    chunks = iter(lambda: list(islice(numbered, 250)), [])  # (index, scene) lists of 250 until the scenes run out
+    jobs = ((items, image_size, seed, split, folder) for items in chunks)
+    progress = tqdm(total=num_images, desc=f"rendering scenes/{split}", unit="img", disable=num_images < 2000)
     records: list[dict] = []
-    parallel = num_proc > 1 and len(jobs) > 1
-    with ProcessPoolExecutor(max_workers=num_proc) if parallel else contextlib.nullcontext() as pool:
-        for done in (pool.map if parallel else map)(_build_chunk, jobs):
-            records.extend(done)
-            progress.update(len(done))
+
+    def collect(done: list[dict]) -> None:
+        records.extend(done)
+        progress.update(len(done))
+
+    if num_proc > 1 and num_images > 250:
+        with ProcessPoolExecutor(max_workers=num_proc) as pool:
+            pending: deque = deque()
+            for job in jobs:
+                pending.append(pool.submit(_build_chunk, job))
+                while pending and pending[0].done():
+                    collect(pending.popleft().result())
+            while pending:
+                collect(pending.popleft().result())
+    else:
+        for job in jobs:
+            collect(_build_chunk(job))
     progress.close()
     return records
 
@@ -199,9 +217,10 @@ def _build(folder: Path, split: str, num_images: int | None, image_size: int, se
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        scenes = generate_scenes(split, num_images, seed)
+        count = _check_split(split).num_images if num_images is None else num_images
         (staging / "images").mkdir()
-        records = _build_all(scenes, image_size, seed, split, str(staging / "images"), num_proc)
+        scenes = draw_scenes(split, count, seed)
+        records = _build_all(scenes, count, image_size, seed, split, str(staging / "images"), num_proc)
         corpus = {"version": CORPUS_VERSION, "split": split, "seed": seed, "image_size": image_size, "records": records}
         with open(staging / "records.json", "w", encoding="utf-8") as f:
             # One string: `json.dumps` runs the C encoder, `json.dump` the pure-Python one (several times slower).
