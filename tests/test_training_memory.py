@@ -1,7 +1,9 @@
-"""keep_freed_memory: a large tensor allocated again after being freed reuses the process's pages."""
+"""keep_freed_memory: a large tensor allocated again after being freed reuses the process's pages; paused_gc and
+frozen_gc: the collector's state inside and after their blocks, and the training loop runs frozen."""
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import subprocess
@@ -57,3 +59,45 @@ def test_recipe_field_turns_it_on_with_a_log_line(tmp_path, tiny_tokenizer, capl
         make_trainer(tiny_recipe(tmp_path, keep_freed_memory=True), tiny_tokenizer, make_records(8))
     make_trainer(tiny_recipe(tmp_path), tiny_tokenizer, make_records(8))  # off by default: not called
     assert calls == [1]
+
+
+def test_paused_gc_turns_the_collector_off_and_back_to_its_state():
+    from seeyou_ml.training.memory import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="inside"):
+        with paused_gc():
+            assert not gc.isenabled()
+            with paused_gc():  # nested: still off after the inner block
+                pass
+            assert not gc.isenabled()
+            raise RuntimeError("inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
+
+
+def test_frozen_gc_freezes_what_exists_and_unfreezes_it_after(tmp_path, tiny_tokenizer, monkeypatch):
+    import seeyou_ml.training.trainer as trainer_module
+    from seeyou_ml.training.memory import frozen_gc
+    from training_fixtures import make_records, make_trainer, tiny_recipe
+
+    kept = [object() for _ in range(10)]
+    with pytest.raises(RuntimeError, match="inside"):
+        with frozen_gc():
+            assert gc.get_freeze_count() >= len(kept)
+            raise RuntimeError("inside")
+    assert gc.get_freeze_count() == 0
+
+    # The trainer's loop runs frozen: each step sees the objects of before the loop frozen.
+    trainer = make_trainer(tiny_recipe(tmp_path), tiny_tokenizer, make_records(8))
+    counts = []
+    step = trainer.optimizer_step
+    monkeypatch.setattr(trainer, "optimizer_step", lambda batch: counts.append(gc.get_freeze_count()) or step(batch))
+    trainer.train()
+    assert counts and min(counts) > 0 and gc.get_freeze_count() == 0

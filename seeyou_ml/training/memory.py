@@ -7,13 +7,21 @@ stem alone has several 64 MB tensors), so every step pays the kernel to map and 
 the next step: the main job's step runs about 10-15% faster on a 2-core CPU (`benchmarks/main_job_step.py`). The
 cost is that the peak of the run stays resident until the process ends. This is what allocators such as jemalloc
 or tcmalloc, preloaded, give CPU training too, without installing anything.
+
+Python's own objects are the other side: a corpus's columns, a sampler's plan and a token cache are millions of
+long-lived objects, and each full pass of the cyclic garbage collector traverses them all (~0.25 s for the main job's
+trainer). `paused_gc` keeps the collector off while they are built, `frozen_gc` keeps what exists when training starts
+out of its passes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import platform
 import sys
+from collections.abc import Iterator
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -53,4 +61,36 @@ def keep_freed_memory(keep: bool = True) -> bool:
     return all([bool(mallopt(option, value)) for option, value in settings.items()])
 
 
-__all__ = ["keep_freed_memory"]
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Keeps Python's cyclic garbage collector off within the block, for building many objects that all stay alive.
+
+    None of them is garbage, yet every collection the allocations trigger would traverse them all: the main job's
+    trainer builds 2-5 s faster on a 2-core CPU. Reference counting still frees what goes out of use; the collector's
+    previous state comes back on leaving, also on an exception.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Leaves every object alive on entering (corpus, caches, model) out of the collector's passes within the block.
+
+    The collector keeps running for what the block creates; its full passes no longer traverse the frozen objects
+    (`gc.freeze`), which took ~0.22 s each in the main job's training loop. On leaving they are collectable again
+    (`gc.unfreeze`), so nothing stays frozen past the block.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+__all__ = ["frozen_gc", "keep_freed_memory", "paused_gc"]

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .checkpointing import load_checkpoint, resume_candidates, save_checkpoint
 from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
-from .memory import keep_freed_memory
+from .memory import frozen_gc, keep_freed_memory
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
 from ..losses import LOSS_TERMS, active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
@@ -544,7 +544,8 @@ class Trainer:
                    desc=self.stages.name, dynamic_ncols=True,
                    disable=not (accelerator.is_main_process and recipe.monitor.progress_bar))
         try:
-            self._loop(output, bar)
+            with frozen_gc():  # the corpus, the sampler's plan and the model stay out of the collector's passes
+                self._loop(output, bar)
             bar.close()
             output.step, output.skipped_steps = self.step, self.guard.skipped
             output.train_seconds = self.elapsed_seconds()
