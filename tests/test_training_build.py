@@ -155,6 +155,18 @@ def test_a_late_grounding_term_without_a_head_is_refused_before_training(tmp_pat
         build_trainer(recipe)
 
 
+def test_the_trainer_is_built_with_the_garbage_collector_off(tmp_path, monkeypatch):
+    import gc
+
+    import seeyou_ml.training.build as build
+
+    states = []
+    load_split = build.load_split
+    monkeypatch.setattr(build, "load_split", lambda *args: states.append(gc.isenabled()) or load_split(*args))
+    build.build_trainer(_small_scenes_recipe(tmp_path, monkeypatch, "scenes-tiny.yaml", 8, 24, []))
+    assert states == [False, False] and gc.isenabled()  # train and eval splits loaded with it off; on again after
+
+
 def test_the_rerank_recipe_grounds_each_named_object_first_then_ranks_against_negative_captions(tmp_path, monkeypatch):
     import json
 

@@ -185,6 +185,7 @@ def corpus_tokenizer(recipe: TrainingRecipe, train: Any, accelerator: Accelerato
         return AutoTokenizer.from_pretrained(folder)
 
 
+@paused_gc()  # the corpus's columns, the sampler's plan: many objects, all kept
 def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = None) -> Trainer:
     """A [`Trainer`] with everything the recipe names built (model, processor, corpora, collator, sampler)."""
     from ..evaluation.grounding import corpus_evaluation
@@ -193,41 +194,39 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         # A wrong or damaged checkpoint is reported before the corpus is loaded and the model built.
         resume_candidates(recipe.resume_from, recipe.output_dir)
     accelerator = accelerator if accelerator is not None else make_accelerator(recipe)
-    # The corpus's columns, the sampler's plan, the caches: many objects, all kept (see `paused_gc`).
-    with paused_gc():
-        if recipe.adapters is not None:
-            from .adapters import build_adapter_trainer
+    if recipe.adapters is not None:
+        from .adapters import build_adapter_trainer
 
-            return build_adapter_trainer(recipe, accelerator)
-        with accelerator.main_process_first():
-            # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
-            train = load_split(recipe.data, recipe.data.train_split)
-            evaluation = load_split(recipe.data, recipe.data.eval_split) if recipe.data.eval_split else None
-        tokenizer = corpus_tokenizer(recipe, train, accelerator)
-        set_seed(recipe.seed)
-        model, processor = build_model_and_processor(recipe.model, tokenizer)
-        # Loss terms that start late are checked against what this run provides now, not when they start.
-        provided = {name for name, on in (("phrases", recipe.data.return_phrases),
-                                          ("mentions", recipe.data.return_mentions)) if on}
-        head = getattr(model, "grounding_head", None)
-        if head is not None:
-            provided.add("grounding_head")
-            if head.order is not None:
-                provided.add("order_readout")
-        check_loss_terms(recipe.losses, sub_batching=False, provided=provided)
-        collator = build_collator(recipe.data, processor, channels_last=recipe.model.channels_last, train=train)
-        train_dataset = encoded_images(train) if recipe.data.cache_images else train
-        return Trainer(
-            recipe,
-            model=model,
-            processor=processor,
-            train_dataset=only_columns(train_dataset, collator.columns),
-            collate_fn=collator,
-            batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
-            eval_dataset=evaluation,
-            evaluate_fn=corpus_evaluation(recipe.data.corpus, evaluation) if evaluation is not None else None,
-            accelerator=accelerator,
-        )
+        return build_adapter_trainer(recipe, accelerator)
+    with accelerator.main_process_first():
+        # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
+        train = load_split(recipe.data, recipe.data.train_split)
+        evaluation = load_split(recipe.data, recipe.data.eval_split) if recipe.data.eval_split else None
+    tokenizer = corpus_tokenizer(recipe, train, accelerator)
+    set_seed(recipe.seed)
+    model, processor = build_model_and_processor(recipe.model, tokenizer)
+    # Loss terms that start late are checked against what this run provides now, not when they start.
+    provided = {name for name, on in (("phrases", recipe.data.return_phrases),
+                                      ("mentions", recipe.data.return_mentions)) if on}
+    head = getattr(model, "grounding_head", None)
+    if head is not None:
+        provided.add("grounding_head")
+        if head.order is not None:
+            provided.add("order_readout")
+    check_loss_terms(recipe.losses, sub_batching=False, provided=provided)
+    collator = build_collator(recipe.data, processor, channels_last=recipe.model.channels_last, train=train)
+    train_dataset = encoded_images(train) if recipe.data.cache_images else train
+    return Trainer(
+        recipe,
+        model=model,
+        processor=processor,
+        train_dataset=only_columns(train_dataset, collator.columns),
+        collate_fn=collator,
+        batch_sampler=build_batch_sampler(recipe.data, train, recipe.seed),
+        eval_dataset=evaluation,
+        evaluate_fn=corpus_evaluation(recipe.data.corpus, evaluation) if evaluation is not None else None,
+        accelerator=accelerator,
+    )
 
 
 def only_columns(dataset: Any, columns: list[str]) -> Any:
