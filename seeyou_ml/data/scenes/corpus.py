@@ -180,8 +180,9 @@ def _build_all(
 ) -> list[dict]:
     """Renders every image into `folder` and returns the records, in the scenes' order. Chunks run in parallel, each
     from the moment its scenes are drawn: the drawing is sequential, and the workers render while it goes on."""
+    chunk = 250
     numbered = enumerate(scenes)
-    chunks = iter(lambda: list(islice(numbered, 250)), [])  # (index, scene) lists of 250 until the scenes run out
+    chunks = iter(lambda: list(islice(numbered, chunk)), [])  # (index, scene) lists until the scenes run out
     jobs = ((items, image_size, seed, split, folder) for items in chunks)
     progress = tqdm(total=num_images, desc=f"rendering scenes/{split}", unit="img", disable=num_images < 2000)
     records: list[dict] = []
@@ -190,7 +191,7 @@ def _build_all(
         records.extend(done)
         progress.update(len(done))
 
-    if num_proc > 1 and num_images > 250:
+    if num_proc > 1 and num_images > chunk:
         with ProcessPoolExecutor(max_workers=num_proc) as pool:
             pending: deque = deque()
             for job in jobs:
