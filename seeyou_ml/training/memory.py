@@ -10,8 +10,8 @@ or tcmalloc, preloaded, give CPU training too, without installing anything.
 
 Python's own objects are the other side: a corpus's columns, a sampler's plan and a token cache are millions of
 long-lived objects, and each full pass of the cyclic garbage collector traverses them all (~0.22 s in the main job's
-training loop). `paused_gc` keeps the collector off while they are built, `frozen_gc` keeps what exists when training starts
-out of its passes.
+training loop). `paused_gc` keeps the collector off while they are built, `frozen_gc` keeps what exists when training
+starts out of its passes.
 """
 
 from __future__ import annotations
