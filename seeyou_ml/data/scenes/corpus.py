@@ -50,6 +50,10 @@ class SplitSpec:
     num_images: int
     held_out: str  # "exclude" or "include"
 
+    def image_count(self, num_images: int | None) -> int:
+        """The number of images to draw: `num_images` when given, else the split's default."""
+        return self.num_images if num_images is None else num_images
+
 
 SPLITS: dict[str, SplitSpec] = {
     "train": SplitSpec(10_000, "exclude"),
@@ -107,7 +111,7 @@ def generate_scenes(split: str, num_images: int | None = None, seed: int = 0) ->
 def draw_scenes(split: str, num_images: int | None = None, seed: int = 0) -> Iterator[DrawnScene]:
     """[`generate_scenes`] one scene at a time, each as soon as it is drawn (a scene depends on those before it)."""
     spec = _check_split(split)
-    num_images = spec.num_images if num_images is None else num_images
+    num_images = spec.image_count(num_images)
     languages = list(LANGUAGES.values())
     seen: dict[str, set[str]] = {lang.code: set() for lang in languages}
     # A caption's meaning is (order, mentions): what it says, whatever its template or language. `stated` holds the
@@ -218,7 +222,7 @@ def _build(folder: Path, split: str, num_images: int | None, image_size: int, se
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
-        count = _check_split(split).num_images if num_images is None else num_images
+        count = _check_split(split).image_count(num_images)
         (staging / "images").mkdir()
         scenes = draw_scenes(split, count, seed)
         records = _build_all(scenes, count, image_size, seed, split, str(staging / "images"), num_proc)
