@@ -91,6 +91,10 @@ def test_frozen_gc_freezes_what_exists_and_unfreezes_it_after(tmp_path, tiny_tok
     with pytest.raises(RuntimeError, match="inside"):
         with frozen_gc():
             assert gc.get_freeze_count() >= len(kept)
+            frozen = gc.get_freeze_count()
+            with frozen_gc():  # nested: the outer block's objects stay frozen after the inner one
+                pass
+            assert gc.get_freeze_count() >= frozen
             raise RuntimeError("inside")
     assert gc.get_freeze_count() == 0
 
