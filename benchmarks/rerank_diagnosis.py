@@ -25,8 +25,7 @@ import torch
 from seeyou_ml import SeeYouModel, SeeYouProcessor
 from seeyou_ml.data.collator import SeeYouCollator
 from seeyou_ml.data.scenes import load_scenes
-from seeyou_ml.grounding import cell_centres
-from seeyou_ml.losses import box_cell_coverage, box_cxcywh_to_xyxy
+from seeyou_ml.geometry import box_cell_coverage, box_cxcywh_to_xyxy, cell_centres
 
 
 def _scores(out) -> tuple[torch.Tensor, torch.Tensor]:

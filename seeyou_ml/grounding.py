@@ -32,6 +32,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration import SeeYouGroundingConfig
+from .geometry import ORDER_DIRECTIONS, box_cell_coverage, box_cxcywh_to_xyxy, cell_centres
 
 
 @dataclass
@@ -80,14 +81,6 @@ def region_grid(feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int
             raise ValueError(f"{tokens} vision tokens form no square grid (with or without a class token).")
         feature_map = feature_map[:, 1:]  # drop the class token, (B, H*W, C)
     return feature_map, (side, side)
-
-
-def cell_centres(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(H*W, 2) `(x, y)` centres of the cells of an H x W grid over the unit square, rows first."""
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
-    return torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)
 
 
 def reference_point(
@@ -184,11 +177,6 @@ class FusionLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, d) text, (B, T) mask, (B, L, d) regions -> updated text and the (B, heads, T, L) cross-attention."""
         return self.attend_regions(self.attend_text(text, text_mask), *self.region_keys(regions))
-
-
-#: The directions a text can list things in, as unit steps in the image (x to the right, y down): left to right,
-#: right to left, top to bottom, bottom to top.
-ORDER_DIRECTIONS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
 class OrderReadout(nn.Module):
@@ -474,7 +462,6 @@ def _ground_texts(
 ) -> tuple[GroundingResult, torch.Tensor]:
     """[`ground`] for text i in `images[image_index[i]]` (RGB PIL images), each image through the vision tower once;
     also returns the texts' (N, D) dual-encoder embeddings from the same text forward."""
-    from .losses import box_cxcywh_to_xyxy
     from .processing import boxes_from_processed
 
     device = next(model.parameters()).device
@@ -522,8 +509,6 @@ def attention_mass(attention: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor
     Returns:
         (S, K) masses in [0, 1].
     """
-    from .losses import box_cell_coverage
-
     height, width = attention.shape[-2:]
     boxes = boxes.to(device=attention.device, dtype=attention.dtype).clamp(0.0, 1.0)
     coverage = box_cell_coverage(boxes, height, width)  # (K, H*W)
@@ -691,7 +676,6 @@ __all__ = [
     "GroundingHeadOutput",
     "GroundingResult",
     "attention_mass",
-    "cell_centres",
     "ground",
     "position_code",
     "reference_point",

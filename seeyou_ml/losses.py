@@ -7,7 +7,8 @@
 - terms: the named terms (`contrastive_loss`, `itm_loss`, `box_loss`, `attention_iou_loss`) and
   [`register_loss_term`], the one way to add another.
 
-One file with no imports from the package, so the modeling files saved beside a model (remote code) carry it.
+One file that imports nothing from the package but its box geometry ([`seeyou_ml.geometry`], as flat), so the
+modeling files saved beside a model (remote code) carry it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .grounding import ORDER_DIRECTIONS
+from .geometry import ORDER_DIRECTIONS, box_cell_coverage, box_cxcywh_to_xyxy, generalized_box_iou
 
 
 # ---- Collective helpers ----------------------------------------------------------------------------------------------
@@ -184,52 +185,6 @@ L1_WEIGHT = 5.0
 GIOU_WEIGHT = 2.0
 
 
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """`(cx, cy, w, h)` -> `(x0, y0, x1, y1)`, over the last dimension."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """`(x0, y0, x1, y1)` -> `(cx, cy, w, h)`, over the last dimension."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-
-
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """IoU and union of paired `(x0, y0, x1, y1)` boxes.
-
-    Args:
-        boxes1, boxes2: (N, 4) boxes; row i of one is compared with row i of the other.
-
-    Returns:
-        `(iou, union)`, each (N,).
-    """
-    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])  # (N, 2)
-    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])  # (N, 2)
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)  # (N,)
-    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(-1)
-    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(-1)
-    union = area1 + area2 - inter
-    return inter / union.clamp(min=1e-9), union
-
-
-def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Generalised IoU of paired `(x0, y0, x1, y1)` boxes: IoU minus the share of the enclosing box covered by
-    neither; in [-1, 1], negative for disjoint boxes (so it still has a gradient where IoU is 0).
-
-    Args:
-        boxes1, boxes2: (N, 4) boxes.
-
-    Returns:
-        (N,) GIoU of each pair.
-    """
-    iou, union = box_iou(boxes1, boxes2)
-    enclosing = (torch.maximum(boxes1[:, 2:], boxes2[:, 2:]) - torch.minimum(boxes1[:, :2], boxes2[:, :2]))
-    enclosing_area = enclosing.clamp(min=0).prod(-1)  # (N,)
-    return iou - (enclosing_area - union) / enclosing_area.clamp(min=1e-9)
-
-
 def box_loss(
     pred_boxes: torch.Tensor,
     target_boxes: torch.Tensor,
@@ -251,25 +206,6 @@ def box_loss(
     l1 = (pred_boxes - target_boxes).abs().sum(-1)  # (N,)
     giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes))  # (N,)
     return (l1_weight * l1 + giou_weight * (1 - giou)).mean()
-
-
-def box_cell_coverage(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Share of each cell of a `height` x `width` grid over the unit square that a box covers.
-
-    Args:
-        boxes: (N, 4) `(x0, y0, x1, y1)` in [0, 1].
-
-    Returns:
-        (N, height * width) in [0, 1], rows of the grid first.
-    """
-    def overlap(low: torch.Tensor, high: torch.Tensor, cells: int) -> torch.Tensor:
-        edges = torch.arange(cells + 1, device=boxes.device, dtype=boxes.dtype) / cells  # (cells + 1,)
-        covered = torch.minimum(high[:, None], edges[None, 1:]) - torch.maximum(low[:, None], edges[None, :-1])
-        return covered.clamp(min=0) * cells  # (N, cells), share of each cell's side
-
-    rows = overlap(boxes[:, 1], boxes[:, 3], height)  # (N, H)
-    cols = overlap(boxes[:, 0], boxes[:, 2], width)  # (N, W)
-    return (rows[:, :, None] * cols[:, None, :]).flatten(1)  # (N, H, W) -> (N, H*W)
 
 
 def attention_iou(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -704,7 +640,7 @@ def mention_attention_term(outputs: Mapping[str, Any], batch: Mapping[str, Any],
 
 
 def listed_directions(mention_token_mask: torch.Tensor, mention_boxes: torch.Tensor) -> torch.Tensor:
-    """Which of [`~seeyou_ml.grounding.ORDER_DIRECTIONS`] each text lists its named objects in, from where they lie.
+    """Which of [`~seeyou_ml.geometry.ORDER_DIRECTIONS`] each text lists its named objects in, from where they lie.
 
     Args:
         mention_token_mask: (B, M, T), the tokens that name each of up to M objects (all False for no object).
@@ -825,18 +761,13 @@ __all__ = [
     "attention_iou",
     "attention_iou_loss",
     "attention_mass_loss",
-    "box_cell_coverage",
-    "box_cxcywh_to_xyxy",
-    "box_iou",
     "box_loss",
-    "box_xyxy_to_cxcywh",
     "check_loss_terms",
     "compute_losses",
     "contrastive_loss",
     "gather_no_grad",
     "gather_padded",
     "gather_with_grad",
-    "generalized_box_iou",
     "hard_negative_indices",
     "hardest_negative_indices",
     "image_ids_to_tensor",

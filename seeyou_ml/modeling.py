@@ -65,7 +65,7 @@ class SeeYouOutput(ModelOutput):
         order_gate_logits (`torch.FloatTensor` of shape `(n, T)`, *optional*, with `mention_token_mask` and
             `grounding_config.order_readout`): how much each word of a matched caption names an object (logits).
         order_direction_logits (`torch.FloatTensor` of shape `(n, 4)`, *optional*, likewise): which direction each
-            matched caption lists its objects in (logits over `seeyou_ml.grounding.ORDER_DIRECTIONS`).
+            matched caption lists its objects in (logits over `seeyou_ml.geometry.ORDER_DIRECTIONS`).
         grounding_negative_text (`torch.FloatTensor` of shape `(n * N, T, d)`, *optional*, with a grounding head and
             `negative_input_ids`): the matched captions' N negative captions in the head's width, for the matching loss.
         negative_attention_mask (`torch.LongTensor` of shape `(n * N, T)`, *optional*, with

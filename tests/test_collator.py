@@ -15,7 +15,7 @@ from transformers import CLIPImageProcessorPil, ConvNextImageProcessorPil
 from seeyou_ml.data.augment_image import PHOTOMETRIC_OPS, MixUp, RandAugment
 from seeyou_ml.data.collator import SeeYouCollator
 from seeyou_ml.data.samplers import UniqueImageBatchSampler
-from seeyou_ml.losses import box_xyxy_to_cxcywh
+from seeyou_ml.geometry import box_xyxy_to_cxcywh
 from seeyou_ml.presets import tiny_processor
 from seeyou_ml.processing import SeeYouProcessor, boxes_to_processed
 

@@ -252,9 +252,8 @@ def test_grounding_metrics_against_known_boxes(tiny_tokenizer, tmp_path):
 
 
 def test_the_attention_loss_terms_read_the_expression_map_against_its_gold_box():
-    from seeyou_ml.losses import (
-        attention_iou_loss, attention_mass_loss, box_cell_coverage, box_cxcywh_to_xyxy, compute_losses,
-    )
+    from seeyou_ml.geometry import box_cell_coverage, box_cxcywh_to_xyxy
+    from seeyou_ml.losses import attention_iou_loss, attention_mass_loss, compute_losses
 
     torch.manual_seed(0)
     model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16), grounding_config=HEAD))
@@ -275,7 +274,7 @@ def test_the_attention_loss_terms_read_the_expression_map_against_its_gold_box()
 
 @pytest.mark.parametrize("sharpness", [1.0, 3.0])
 def test_the_box_centre_starts_from_the_sharpened_attention_centroid(sharpness):
-    from seeyou_ml.grounding import cell_centres
+    from seeyou_ml.geometry import cell_centres
 
     torch.manual_seed(0)
     model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),
@@ -296,7 +295,8 @@ def test_the_box_centre_starts_from_the_sharpened_attention_centroid(sharpness):
 
 
 def test_the_reference_point_is_the_centroid_of_the_cells_around_the_peak_within_its_window():
-    from seeyou_ml.grounding import cell_centres, reference_point
+    from seeyou_ml.geometry import cell_centres
+    from seeyou_ml.grounding import reference_point
 
     attention = torch.full((4, 4), 0.01)
     attention[1, 1], attention[1, 2], attention[3, 3] = 0.4, 0.2, 0.26  # the peak, a neighbour, a far object
@@ -317,7 +317,7 @@ def test_the_reference_point_is_the_centroid_of_the_cells_around_the_peak_within
 
 
 def test_with_a_zero_reference_window_the_box_centre_starts_at_the_peak_cell():
-    from seeyou_ml.grounding import cell_centres
+    from seeyou_ml.geometry import cell_centres
 
     torch.manual_seed(0)
     model = SeeYouModel(tiny_config(vocab_size=50, vision_widths=(8, 16),

@@ -10,16 +10,15 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from seeyou_ml.data.augment_image import MixUp
+from seeyou_ml.geometry import box_cell_coverage, generalized_box_iou
 from seeyou_ml.losses import (
     attention_iou,
     attention_iou_loss,
     attention_mass_loss,
-    box_cell_coverage,
     box_loss,
     compute_losses,
     contrastive_loss,
     gather_no_grad,
-    generalized_box_iou,
     hard_negative_indices,
     hardest_negative_indices,
     itm_loss,

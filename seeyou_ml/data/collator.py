@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ..images import load_image
-from ..losses import box_xyxy_to_cxcywh
+from ..geometry import box_xyxy_to_cxcywh
 from ..processing import boxes_to_processed, processed_frame
 from .augment_image import MixUp
 from .augment_text import TextAugment

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..grounding import GroundingResult, ground
-from ..losses import box_iou
+from ..geometry import box_iou
 
 METRICS = ("acc@0.5", "mean_iou", "pointing")
 
