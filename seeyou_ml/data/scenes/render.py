@@ -1,4 +1,4 @@
-"""Rendering scenes to PIL images: shape outlines, a low-contrast background, anti-aliased compositing.
+"""Rendering scenes to PIL images: the shapes' outlines filled, a low-contrast background, anti-aliased compositing.
 
 Shapes are drawn as masks at `SUPERSAMPLE` times the output resolution and box-filtered down, which gives smooth
 edges at 64 pixels for the price of a few small PIL draws. Each shape gets a thin darker rim so that light
@@ -13,47 +13,10 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .scene import COLOURS, Scene, SceneObject
+from .scene import COLOURS, Scene, SceneObject, shape_polygon
 
 
 SUPERSAMPLE = 4
-
-
-def _ring(cx: float, cy: float, radius: float, count: int, turn: float = 0.0) -> list[tuple[float, float]]:
-    """`count` points evenly spaced on a circle, the first straight up, all turned by `turn` radians."""
-    angles = [-math.pi / 2 + turn + 2 * math.pi * k / count for k in range(count)]
-    return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles]
-
-
-def shape_polygon(shape: str, cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
-    """Outline of `shape` centred on (cx, cy) whose extent is at most `radius` from the centre.
-
-    Shapes whose outline is not symmetric top to bottom (triangle, star) are shifted so that their box is centred
-    on (cx, cy), which keeps the stored centre the visual centre.
-    """
-    if shape == "circle":
-        return _ring(cx, cy, radius, 48)
-    if shape == "square":
-        h = 0.82 * radius
-        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
-    if shape == "diamond":
-        return [(cx, cy - radius), (cx + 0.68 * radius, cy), (cx, cy + radius), (cx - 0.68 * radius, cy)]
-    if shape == "triangle":
-        h = 0.875 * radius
-        return [(cx, cy - h), (cx + 0.95 * radius, cy + h), (cx - 0.95 * radius, cy + h)]
-    if shape == "star":
-        # Outer points span from -r to r*cos(36°) vertically; shift down by half the difference.
-        dy = radius * (1 - math.cos(math.pi / 5)) / 2
-        outer = _ring(cx, cy + dy, radius, 5)
-        inner = _ring(cx, cy + dy, 0.45 * radius, 5, turn=math.pi / 5)
-        return [p for pair in zip(outer, inner) for p in pair]
-    if shape == "cross":
-        a, t = 0.92 * radius, 0.3 * radius
-        return [
-            (cx - t, cy - a), (cx + t, cy - a), (cx + t, cy - t), (cx + a, cy - t), (cx + a, cy + t), (cx + t, cy + t),
-            (cx + t, cy + a), (cx - t, cy + a), (cx - t, cy + t), (cx - a, cy + t), (cx - a, cy - t), (cx - t, cy - t),
-        ]
-    raise ValueError(f"unknown shape {shape!r}")
 
 
 def object_masks(obj: SceneObject, image_size: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:

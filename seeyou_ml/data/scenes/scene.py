@@ -9,11 +9,13 @@ captions rely on:
   left-to-right and top-to-bottom orders that captions state are unambiguous to the eye;
 - no two objects share colour, shape *and* size, so each object has a description of its own.
 
+Each shape's outline (`shape_polygon`) lives here too: an object's box is read from it, and `render` draws it.
 Everything here is language-free; `languages/` turns `Mention`s and `Phrase`s into text.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -62,6 +64,43 @@ MIN_SEPARATION = 0.07
 MAX_OBJECTS = 4
 
 
+def _ring(cx: float, cy: float, radius: float, count: int, turn: float = 0.0) -> list[tuple[float, float]]:
+    """`count` points evenly spaced on a circle, the first straight up, all turned by `turn` radians."""
+    angles = [-math.pi / 2 + turn + 2 * math.pi * k / count for k in range(count)]
+    return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles]
+
+
+def shape_polygon(shape: str, cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
+    """Outline of `shape` centred on (cx, cy) whose extent is at most `radius` from the centre.
+
+    Shapes whose outline is not symmetric top to bottom (triangle, star) are shifted so that their box is centred
+    on (cx, cy), which keeps the stored centre the visual centre.
+    """
+    if shape == "circle":
+        return _ring(cx, cy, radius, 48)
+    if shape == "square":
+        h = 0.82 * radius
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "diamond":
+        return [(cx, cy - radius), (cx + 0.68 * radius, cy), (cx, cy + radius), (cx - 0.68 * radius, cy)]
+    if shape == "triangle":
+        h = 0.875 * radius
+        return [(cx, cy - h), (cx + 0.95 * radius, cy + h), (cx - 0.95 * radius, cy + h)]
+    if shape == "star":
+        # Outer points span from -r to r*cos(36°) vertically; shift down by half the difference.
+        dy = radius * (1 - math.cos(math.pi / 5)) / 2
+        outer = _ring(cx, cy + dy, radius, 5)
+        inner = _ring(cx, cy + dy, 0.45 * radius, 5, turn=math.pi / 5)
+        return [p for pair in zip(outer, inner) for p in pair]
+    if shape == "cross":
+        a, t = 0.92 * radius, 0.3 * radius
+        return [
+            (cx - t, cy - a), (cx + t, cy - a), (cx + t, cy - t), (cx + a, cy - t), (cx + a, cy + t), (cx + t, cy + t),
+            (cx + t, cy + a), (cx - t, cy + a), (cx - t, cy + t), (cx - a, cy + t), (cx - a, cy - t), (cx - t, cy - t),
+        ]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
 @dataclass(frozen=True)
 class SceneObject:
     """One object of a scene.
@@ -88,8 +127,6 @@ class SceneObject:
 
     def box(self, image_size: int) -> list[float]:
         """Tight `[x0, y0, x1, y1]` box of the drawn shape in pixels of an `image_size` image."""
-        from .render import shape_polygon  # the outline geometry lives with the renderer
-
         points = shape_polygon(self.shape, self.cx * image_size, self.cy * image_size, self.diameter * image_size / 2)
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         return [round(min(xs), 2), round(min(ys), 2), round(max(xs), 2), round(max(ys), 2)]
