@@ -25,8 +25,6 @@ from typing import Any, Iterator, Optional, Union
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from .training.trainer import RECIPE_NAME, RESULTS_NAME
-
 PathLike = Union[str, Path]
 
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
@@ -34,12 +32,18 @@ MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 MODEL_CARD_TEMPLATE = MODEL_CARDS_DIR / "seeyou_model_card.md"
 CARD_NAME = "README.md"
 CONFIG_NAME = "config.json"
+RESULTS_NAME = "retrieval_results.json"
+"""What training writes after its final evaluation (`evaluate_retrieval`'s output, with a `grounding` section)."""
+RECIPE_NAME = "recipe.yaml"
+"""The resolved recipe a training run writes beside its model."""
 GROUNDING_RESULTS_NAME = "grounding_results.json"
 ADAPTERS_DIR = "adapters"
 LICENSE = "apache-2.0"
 
+HISTORY_NAME = "history.jsonl"
+"""The loss per logged step, appended by training."""
 # Written by training for resuming and monitoring, not for users of the model.
-TRAINING_ONLY_FILES = frozenset({"history.jsonl"})
+TRAINING_ONLY_FILES = frozenset({HISTORY_NAME})
 PICKLE_SUFFIXES = frozenset({".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib"})
 # Counts and positions beside the results of `retrieval_results.json`, not results themselves (so are `num_*` keys).
 COUNT_KEYS = frozenset({"step", "classes"})

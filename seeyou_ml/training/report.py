@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .trainer import RESULTS_NAME, TrainOutput
+from ..hub import RESULTS_NAME
+from .trainer import TrainOutput
 
 
 def print_summary(output: TrainOutput) -> None:

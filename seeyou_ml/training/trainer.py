@@ -45,6 +45,7 @@ from .config import TrainingRecipe
 from .grad_cache import cache_embeddings
 from .memory import frozen_gc, keep_freed_memory
 from .monitor import CollapseMonitor, NonFiniteLossGuard, NonFiniteStepWarning
+from ..hub import HISTORY_NAME, RECIPE_NAME, RESULTS_NAME, write_model_card
 from ..losses import LOSS_TERMS, active_weights, check_loss_terms, compute_losses, logit_scale_of
 from .optim import build_optimizer, build_schedule
 from .precision import resolve_mixed_precision
@@ -57,9 +58,6 @@ FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "lang", "image_id
 # Forward inputs that only some loss terms read (`LossTerm.needs` / `uses`): passed at the steps where one counts.
 _TERM_INPUTS = {"phrases": ("phrase_input_ids", "phrase_attention_mask"), "mentions": ("mention_token_mask",),
                 "negative_captions": ("negative_input_ids", "negative_attention_mask")}
-HISTORY_NAME = "history.jsonl"
-RESULTS_NAME = "retrieval_results.json"
-RECIPE_NAME = "recipe.yaml"
 _BUCKET_ELEMENTS = 1 << 24
 
 
@@ -552,8 +550,6 @@ class Trainer:
             self._save_final()
             output.metrics = self._evaluate(final=True)
             if accelerator.is_main_process:
-                from ..hub import write_model_card
-
                 write_model_card(self.output_dir)  # README.md, with the results just written
             if output.metrics and recipe.monitor.report_to:
                 accelerator.log({f"eval/{k}": v for k, v in _flatten(output.metrics).items()
