@@ -159,10 +159,11 @@ def test_the_trainer_is_built_with_the_garbage_collector_off(tmp_path, monkeypat
     import gc
 
     import seeyou_ml.training.build as build
+    from seeyou_ml.training.config import DataConfig
 
     states = []
-    load_split = build.load_split
-    monkeypatch.setattr(build, "load_split", lambda *args: states.append(gc.isenabled()) or load_split(*args))
+    load_split = DataConfig.load_split
+    monkeypatch.setattr(DataConfig, "load_split", lambda *args: states.append(gc.isenabled()) or load_split(*args))
     build.build_trainer(_small_scenes_recipe(tmp_path, monkeypatch, "scenes-tiny.yaml", 8, 24, []))
     assert states == [False, False] and gc.isenabled()  # train and eval splits loaded with it off; on again after
 

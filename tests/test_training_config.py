@@ -213,13 +213,12 @@ def test_train_entry_points_print_the_resolved_recipe(capsys):
 
 
 def test_split_kwargs_override_corpus_kwargs_per_split(tmp_path):
-    from seeyou_ml.training.build import load_split
     from seeyou_ml.training.config import DataConfig
 
     config = DataConfig(corpus="scenes", corpus_kwargs={"num_images": 3, "cache_dir": str(tmp_path)},
                         split_kwargs={"train": {"num_images": 5}}, languages=["en", "de"])
-    assert len(load_split(config, "train")) == 5 * 2
-    assert len(load_split(config, "test")) == 3 * 2
+    assert len(config.load_split("train")) == 5 * 2
+    assert len(config.load_split("test")) == 3 * 2
 
 
 @pytest.mark.parametrize(

@@ -86,12 +86,12 @@ def test_resume_falls_back_past_a_damaged_latest_and_a_partial_history_line(run,
 
 
 def test_resume_from_is_checked_before_the_corpus_is_loaded(run, monkeypatch):
-    import seeyou_ml.training.build as build
+    from seeyou_ml.training.config import DataConfig
 
     def never(*args, **kwargs):
         raise AssertionError("the corpus was loaded before --resume_from was checked")
 
-    monkeypatch.setattr(build, "load_split", never)
+    monkeypatch.setattr(DataConfig, "load_split", never)
     named = run / "checkpoints" / "step-00000004"
     _damage(named / "scheduler.bin", "truncated")
     with pytest.raises(ValueError, match=rf"{named / 'scheduler.bin'} has \d+ bytes"):

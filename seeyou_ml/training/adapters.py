@@ -120,7 +120,6 @@ def build_adapter_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelera
 
     from ..data.samplers import UniqueImageBatchSampler
     from ..modeling import SeeYouModel
-    from .build import load_split
     from .trainer import make_accelerator
 
     section = recipe.adapters
@@ -136,7 +135,7 @@ def build_adapter_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelera
     corpus = None
     if recipe.data.eval_split:
         with accelerator.main_process_first():
-            corpus = load_split(recipe.data, recipe.data.eval_split)
+            corpus = recipe.data.load_split(recipe.data.eval_split)
 
     set_seed(recipe.seed)
     model = SeeYouModel.from_pretrained(section.base)

@@ -83,14 +83,6 @@ def _with_memory_format(model: SeeYouModel, config: ModelConfig) -> SeeYouModel:
     return model
 
 
-def load_split(config: DataConfig, split: str) -> Any:
-    """One split of the recipe's corpus in the common record schema (`split_kwargs` merged over `corpus_kwargs`)."""
-    from ..data.splits import load_split as load_corpus_split
-
-    kwargs = {**config.corpus_kwargs, **config.split_kwargs.get(split, {})}
-    return load_corpus_split(config.corpus, split, languages=config.languages, **kwargs)
-
-
 def build_collator(config: DataConfig, processor: SeeYouProcessor, channels_last: bool = False,
                    train: Any = None) -> Any:
     """`SeeYouCollator` with the augmentations of `data.augment`.
@@ -200,8 +192,8 @@ def build_trainer(recipe: TrainingRecipe, accelerator: Optional[Accelerator] = N
         return build_adapter_trainer(recipe, accelerator)
     with accelerator.main_process_first():
         # The scenes corpus renders into a shared cache on first use; one process builds it, the others read it.
-        train = load_split(recipe.data, recipe.data.train_split)
-        evaluation = load_split(recipe.data, recipe.data.eval_split) if recipe.data.eval_split else None
+        train = recipe.data.load_split(recipe.data.train_split)
+        evaluation = recipe.data.load_split(recipe.data.eval_split) if recipe.data.eval_split else None
     tokenizer = corpus_tokenizer(recipe, train, accelerator)
     set_seed(recipe.seed)
     model, processor = build_model_and_processor(recipe.model, tokenizer)
@@ -258,7 +250,6 @@ __all__ = [
     "build_trainer",
     "corpus_tokenizer",
     "encoded_images",
-    "load_split",
     "only_columns",
     "row_features",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -133,6 +133,13 @@ class DataConfig:
         metadata={"help": "Also collate each record's captions that are false of its image (`negative_captions`); "
                           "itm_rank_loss ranks each image's caption against them."},
     )
+
+    def load_split(self, split: str) -> Any:
+        """One split of the corpus in the common record schema (`split_kwargs` merged over `corpus_kwargs`)."""
+        from ..data.splits import load_split
+
+        kwargs = {**self.corpus_kwargs, **self.split_kwargs.get(split, {})}
+        return load_split(self.corpus, split, languages=self.languages, **kwargs)
 
 
 @dataclass
