@@ -4,7 +4,8 @@ The card is rendered from a template in the repository's top-level `model_cards/
 metadata between `---` lines, then Markdown) with what the output directory holds: `config.json`, the resolved
 `recipe.yaml`, `retrieval_results.json`, per-language adapters (`adapters/<lang>/`, peft's layout) and grounding
 results (the `grounding` section of `retrieval_results.json`, or `grounding_results.json`) when present. Its metadata
-carries a `model-index` with every result of `retrieval_results.json`, so the Hub lists them.
+carries a `model-index` with every result of `retrieval_results.json`, so the Hub lists them. The names of the files a
+training run writes there (`RESULTS_NAME`, `RECIPE_NAME`, `HISTORY_NAME`) are defined here, where they are read.
 
 A push uploads the folder a user loads: model, processor, remote code, card, adapters, evaluation results and recipe
 (`upload_files` decides which), through `huggingface_hub.HfApi` (`create_repo`, `upload_folder`). The token comes
