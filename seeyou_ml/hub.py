@@ -37,12 +37,12 @@ RESULTS_NAME = "retrieval_results.json"
 """What training writes after its final evaluation (`evaluate_retrieval`'s output, with a `grounding` section)."""
 RECIPE_NAME = "recipe.yaml"
 """The resolved recipe a training run writes beside its model."""
+HISTORY_NAME = "history.jsonl"
+"""The loss per logged step, appended by training."""
 GROUNDING_RESULTS_NAME = "grounding_results.json"
 ADAPTERS_DIR = "adapters"
 LICENSE = "apache-2.0"
 
-HISTORY_NAME = "history.jsonl"
-"""The loss per logged step, appended by training."""
 # Written by training for resuming and monitoring, not for users of the model.
 TRAINING_ONLY_FILES = frozenset({HISTORY_NAME})
 PICKLE_SUFFIXES = frozenset({".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib"})

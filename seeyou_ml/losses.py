@@ -7,8 +7,8 @@
 - terms: the named terms (`contrastive_loss`, `itm_loss`, `box_loss`, `attention_iou_loss`) and
   [`register_loss_term`], the one way to add another.
 
-One file that imports nothing from the package but its box geometry ([`seeyou_ml.geometry`], as flat), so the
-modeling files saved beside a model (remote code) carry it.
+One file that imports nothing from the package but [`seeyou_ml.geometry`] (boxes, grid cells, listing directions; as
+flat), so the modeling files saved beside a model (remote code) carry it.
 """
 
 from __future__ import annotations
